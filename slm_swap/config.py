@@ -1,0 +1,61 @@
+"""Typed settings from the environment (a `.env` file in the working directory is read too).
+
+This is the only module that reads environment variables. Secrets are `SecretStr`, so they print
+as `**********` in logs, traces and `repr`; `public_view()` is what gets logged at start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from slm_swap.models import EMBEDDED_MODEL_DIR
+
+PACKAGE_DIR = Path(__file__).parent
+DEFAULT_DATA_DIR = PACKAGE_DIR / "02_dataset"
+DEFAULT_FT_DIR = PACKAGE_DIR / "04_ft"
+DEFAULT_EVAL_DIR = PACKAGE_DIR / "05_eval"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    azure_endpoint: str | None = Field(
+        None,
+        description="Azure AI endpoint, e.g. https://NAME.openai.azure.com, or the full "
+        "https://NAME.openai.azure.com/openai/deployments/DEPLOYMENT the seed writes.",
+    )
+    azure_deployment: str | None = Field(None, description="Azure chat deployment name.")
+    azure_api_key: SecretStr | None = Field(None, description="Azure API key.")
+    azure_api_version: str = Field("2024-02-15-preview", description="Azure OpenAI API version.")
+    hosted_base_url: str | None = Field(
+        None,
+        description="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp, `slm-swap serve`), e.g. "
+        "http://127.0.0.1:8000/v1. When set, the hosted side is this server instead of Azure.",
+    )
+    hosted_model: str | None = Field(None, description="Model name on HOSTED_BASE_URL's server.")
+    hosted_api_key: SecretStr | None = Field(None, description="API key for HOSTED_BASE_URL (if it needs one).")
+    slm_model_path: Path = Field(
+        EMBEDDED_MODEL_DIR, description="Local SLM checkpoint (Hugging Face format). Default: the embedded SmolLM2-135M-Instruct."
+    )
+    langfuse_public_key: str | None = Field(None, description="Langfuse project public key.")
+    langfuse_secret_key: SecretStr | None = Field(None, description="Langfuse project secret key.")
+    langfuse_host: str | None = Field(None, description="Langfuse base URL, e.g. https://cloud.langfuse.com.")
+    langfuse_disabled: bool = Field(False, description="LANGFUSE_DISABLED=1 turns tracing off (local dry runs only).")
+
+    def public_view(self) -> dict[str, Any]:
+        """Resolved settings with secrets reduced to whether they are set."""
+        view = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                view[name] = "set" if value.get_secret_value() else "unset"
+            else:
+                view[name] = str(value) if isinstance(value, Path) else value
+        return view
+
+
+def load_settings() -> Settings:
+    return Settings()

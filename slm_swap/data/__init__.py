@@ -1,0 +1,1 @@
+"""Datasets: source converters (xLAM, BFCL) into one `Example` shape, rows per track, splits."""

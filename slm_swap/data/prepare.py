@@ -1,0 +1,125 @@
+"""Split examples into train/val/test and write both tracks' JSONL files atomically.
+
+Layout under `out_dir` (the seed's `02_dataset/`):
+    structured/{train,val,test}.jsonl   toolcall/{train,val,test}.jsonl
+    <track>/<split>.answers.jsonl       BFCL only: possible answers, line-aligned with the split
+    dataset.json                        what was built from what: source, seed, sizes, skips, ids
+
+The test split is drawn first, so asking for a bigger train split never changes the test set.
+A request text never lands in two splits (duplicates are dropped before splitting).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slm_swap.data.examples import Example, build_row
+from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import atomic_write_text, jsonl_text, sha256_file, write_json
+from slm_swap.prompts import TRACKS
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    train: int = 32
+    val: int = 8
+    test: int = 8
+
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+
+def split_examples(examples: list[Example], sizes: SplitSizes, seed: int) -> tuple[dict[str, list[Example]], int]:
+    """Deterministic split; returns (examples per split, duplicates dropped)."""
+    if min(sizes.train, sizes.val, sizes.test) < 0:
+        raise SlmSwapError("split sizes must not be negative")
+    seen: set[str] = set()
+    unique: list[Example] = []
+    for example in examples:
+        if example.request not in seen:
+            seen.add(example.request)
+            unique.append(example)
+    if len(unique) < sizes.total():
+        raise SlmSwapError(
+            f"only {len(unique)} usable rows (single-call, distinct requests) but "
+            f"--train {sizes.train} --val {sizes.val} --test {sizes.test} asks for {sizes.total()}"
+        )
+    order = list(range(len(unique)))
+    random.Random(seed).shuffle(order)
+    picked = [unique[i] for i in order]
+    test = picked[: sizes.test]
+    val = picked[sizes.test : sizes.test + sizes.val]
+    train = picked[sizes.test + sizes.val : sizes.total()]
+    return {"train": train, "val": val, "test": test}, len(examples) - len(unique)
+
+
+def write_dataset(
+    splits: dict[str, list[Example]],
+    out_dir: Path,
+    source: dict[str, Any],
+    skipped: Counter,
+    seed: int,
+) -> dict[str, Any]:
+    """Write both tracks under `out_dir`, replacing earlier track folders only once all is written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        files: dict[str, str] = {}
+        for track in TRACKS:
+            for split, examples in splits.items():
+                path = staging / track / f"{split}.jsonl"
+                atomic_write_text(path, jsonl_text(build_row(example, track) for example in examples))
+                files[f"{track}/{split}.jsonl"] = sha256_file(path)
+                if any(example.possible_answer for example in examples):
+                    answers = (
+                        {"id": e.id, "possible_answer": e.possible_answer, "functions": e.functions} for e in examples
+                    )
+                    atomic_write_text(staging / track / f"{split}.answers.jsonl", jsonl_text(answers))
+        manifest = {
+            "source": source,
+            "seed": seed,
+            "sizes": {split: len(examples) for split, examples in splits.items()},
+            "skipped": dict(sorted(skipped.items())),
+            "ids": {split: [example.id for example in examples] for split, examples in splits.items()},
+            "sha256": files,
+        }
+        _swap_in(staging, out_dir)
+        write_json(out_dir / "dataset.json", manifest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    retired = Path(tempfile.mkdtemp(prefix=".old-", dir=out_dir))
+    try:
+        for track in TRACKS:
+            target = out_dir / track
+            if target.exists():
+                target.rename(retired / track)
+            (staging / track).rename(target)
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def prepare(
+    examples: list[Example],
+    skipped: Counter,
+    source: dict[str, Any],
+    out_dir: Path,
+    sizes: SplitSizes = SplitSizes(),
+    seed: int = 0,
+) -> dict[str, Any]:
+    splits, duplicates = split_examples(examples, sizes, seed)
+    if duplicates:
+        skipped = skipped + Counter({"duplicate_request": duplicates})
+    return write_dataset(splits, out_dir, source, skipped, seed)

@@ -1,0 +1,187 @@
+"""One evaluation run: a track's split through one client, scored, written as a metrics file.
+
+Per-example records are appended to `<out>.records.jsonl` as they complete, so a killed run can
+be finished with `resume=True`: examples already recorded (without an error) are not asked again,
+and the final metrics equal an uninterrupted run's. The metrics file itself is written once, at
+the end, atomically. `<out>.run.json` pins what the records were made with, so a resume against
+another model, adapter or dataset is refused instead of silently mixing results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, Iterator
+
+from tqdm import tqdm
+
+from slm_swap.clients import Completion
+from slm_swap.data.examples import load_rows
+from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import atomic_write_text, jsonl_text, read_json, sha256_file, write_json
+from slm_swap.metrics import score_example
+from slm_swap.prompts import build_messages, check_track
+from slm_swap.results import metrics_document
+
+
+class Client(Protocol):
+    kind: str
+    identity: str
+
+    def complete(self, messages_list: list[list[dict[str, str]]]) -> Iterator[Completion]: ...
+
+
+def default_out_path(eval_dir: Path, track: str, kind: str, split: str, adapter: Path | None) -> Path:
+    """The seed's naming: 05_eval/<track>_<kind>[_ft]_<split>.json."""
+    return Path(eval_dir) / f"{track}_{kind}{'_ft' if adapter else ''}_{split}.json"
+
+
+def records_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".records.jsonl")
+
+
+def _run_path_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".run.json")
+
+
+def load_split(data_dir: Path, track: str, split: str, limit: int | None = None) -> tuple[Path, list[dict], list[dict] | None]:
+    """(rows path, rows, BFCL possible answers or None), cut to `limit` rows."""
+    check_track(track)
+    rows_path = Path(data_dir) / track / f"{split}.jsonl"
+    rows = load_rows(rows_path)
+    if not rows:
+        raise SlmSwapError(f"{rows_path}: no rows")
+    answers_path = rows_path.with_name(f"{split}.answers.jsonl")
+    answers = None
+    if answers_path.exists():
+        answers = [json.loads(line) for line in answers_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(answers) != len(rows):
+            raise SlmSwapError(f"{answers_path}: {len(answers)} answers for {len(rows)} rows in {rows_path}")
+    if limit is not None:
+        if limit < 1:
+            raise SlmSwapError(f"--limit must be >= 1, got {limit}")
+        rows, answers = rows[:limit], answers[:limit] if answers else None
+    return rows_path, rows, answers
+
+
+def _read_records(path: Path) -> dict[int, dict[str, Any]]:
+    """Finished records by index; a torn last line (killed mid-write) and errored examples are dropped."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("index"), int) and not record.get("error"):
+            done[record["index"]] = record
+    return done
+
+
+def run_eval(
+    *,
+    track: str,
+    split: str,
+    data_dir: Path,
+    out: Path,
+    client: Client,
+    adapter: Path | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    max_errors: int | None = None,
+    progress: bool = True,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    rows_path, rows, answers = load_split(data_dir, track, split, limit)
+    out = Path(out)
+    records_path, run_path = records_path_for(out), _run_path_for(out)
+    run = {
+        "track": track,
+        "split": split,
+        "dataset": {"path": str(rows_path), "sha256": sha256_file(rows_path)},
+        "n": len(rows),
+        "model": {"kind": client.kind, "identity": client.identity, "adapter": str(adapter) if adapter else None},
+    }
+    if resume and run_path.exists():
+        previous = read_json(run_path, "run file")
+        if previous != run:
+            raise SlmSwapError(
+                f"--resume: {records_path} was made by a different run ({_first_difference(previous, run)}); "
+                "run again without --resume"
+            )
+        done = {i: r for i, r in _read_records(records_path).items() if i < len(rows)}
+    else:
+        done = {}
+        write_json(run_path, run)
+        atomic_write_text(records_path, "")
+    budget = max_errors if max_errors is not None else max(1, len(rows) // 10)
+    pending = [i for i in range(len(rows)) if i not in done]
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    errors = 0
+    bar = tqdm(total=len(rows), initial=len(done), unit="ex", desc=f"eval {track}/{client.kind}", disable=not progress)
+    with open(records_path, "a", encoding="utf-8") as log:
+        completions = client.complete([build_messages(rows[i]["prompt"]) for i in pending])
+        try:
+            for completion in completions:
+                index = pending[completion.index]
+                answer = answers[index] if answers else None
+                record = {
+                    "index": index,
+                    "output": completion.text,
+                    "error": completion.error,
+                    "latency_s": round(completion.latency_s, 4),
+                    **score_example(
+                        track,
+                        completion.text,
+                        rows[index]["completion"],
+                        answer["possible_answer"] if answer else None,
+                        answer["functions"] if answer else None,
+                    ),
+                }
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                log.flush()
+                done[index] = record
+                bar.update(1)
+                if completion.error:
+                    errors += 1
+                    if errors > budget:
+                        raise SlmSwapError(
+                            f"{errors} requests failed (budget {budget}, --max-errors); last: {completion.error}. "
+                            f"Finished examples are kept in {records_path}: fix the cause and rerun with --resume"
+                        )
+        finally:
+            bar.close()
+            close = getattr(completions, "close", None)
+            if close:
+                close()
+    wall = time.perf_counter() - started
+    records = [done[i] for i in range(len(rows))]
+    atomic_write_text(records_path, jsonl_text(records))  # sorted, one line per example
+    document = metrics_document(
+        track=track,
+        split=split,
+        dataset=run["dataset"],
+        model=run["model"],
+        records=records,
+        records_path=records_path.name,
+        timings={
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(wall, 3),
+            "examples_this_run": len(pending),
+            "examples_per_s": round(len(pending) / wall, 3) if wall > 0 and pending else None,
+        },
+        langfuse_trace_id=trace_id,
+    )
+    write_json(out, document)
+    return document
+
+
+def _first_difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
+    for key in current:
+        if previous.get(key) != current[key]:
+            return f"{key} was {previous.get(key)!r}, now {current[key]!r}"
+    return "different settings"

@@ -1,0 +1,271 @@
+"""`slm-swap serve`: an OpenAI-compatible HTTP server for the local SLM and its LoRA adapters.
+
+    slm-swap serve --port 8000 --adapter structured=slm_swap/04_ft/adapter_structured
+    curl http://127.0.0.1:8000/v1/chat/completions -d '{"model": "structured", "messages": [...]}'
+
+Routes: `GET /v1/models`, `POST /v1/chat/completions` (model chosen by name: the base model's name
+or an adapter's), and Azure's `POST /openai/deployments/{name}/chat/completions?api-version=...`
+(the deployment name chooses the model), so both `openai.OpenAI` and `openai.AzureOpenAI` work
+against it. Decoding is greedy whatever sampling parameters say: this server exists to reproduce
+evaluation outputs. One worker thread owns the model; requests queue and those waiting for the
+same model are generated together as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import queue
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slm_swap.clients import MAX_NEW_TOKENS
+from slm_swap.clients.local import BASE, LocalModel
+from slm_swap.errors import SlmSwapError
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_TOKENS_CAP = 2048
+
+
+def check_adapter_name(name: str) -> str:
+    """Names become lookup keys and folder names: nothing that could leave the adapter folder."""
+    if not ADAPTER_NAME.match(name) or ".." in name:
+        raise SlmSwapError(f"adapter name {name!r} is not allowed: use letters, digits, '_', '-', '.'")
+    return name
+
+
+def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise SlmSwapError(f"--adapter {spec!r}: expected NAME=DIR")
+        adapters[check_adapter_name(name)] = Path(path)
+    return adapters
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
+            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p, ... are accepted and ignored
+    model: str | None = None
+    messages: list[Message]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int = 1
+    stream: bool = False
+
+
+@dataclass
+class _Job:
+    messages: list[dict[str, str]]
+    adapter: str | None
+    max_tokens: int
+    future: Future = field(default_factory=Future)
+
+
+class ModelWorker:
+    """The only thread that touches the model: takes queued jobs, batches compatible ones."""
+
+    def __init__(self, model: LocalModel, batch_size: int):
+        self.model = model
+        self.batch_size = batch_size
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="slm-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: _Job) -> Future:
+        self.jobs.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            batch, held = [job], []
+            while len(batch) < self.batch_size:
+                try:
+                    other = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if other is None:
+                    held.append(other)
+                    break
+                same = other.adapter == job.adapter and other.max_tokens == job.max_tokens
+                (batch if same else held).append(other)
+            for other in held:  # back in line, in order, for the next round
+                self.jobs.put(other)
+            self._generate(batch)
+
+    def _generate(self, batch: list[_Job]) -> None:
+        try:
+            prompts = [self.model.render(job.messages) for job in batch]
+            results = self.model.generate(prompts, adapter=batch[0].adapter, max_new_tokens=batch[0].max_tokens)
+        except Exception as exc:  # reported to each caller as a 500, the worker lives on
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def create_app(
+    model: LocalModel,
+    model_name: str,
+    api_key: str | None = None,
+    batch_size: int = 8,
+) -> FastAPI:
+    """The app around an already loaded model (adapters added to `model` before this call)."""
+    worker = ModelWorker(model, batch_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        worker.stop()
+
+    app = FastAPI(title="slm-swap serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    served = {model_name: BASE, **{name: name for name in model.adapters}}
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        if api_key:
+            bearer = request.headers.get("authorization", "")
+            given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("api-key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return _error(401, "Invalid or missing API key.", "invalid_request_error", "invalid_api_key")
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "slm-swap"} for name in served],
+        }
+
+    async def chat(request: Request, name: str | None) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "Request body is not valid JSON.", "invalid_request_error")
+        try:
+            chat_request = ChatRequest.model_validate(body)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            return _error(400, f"Invalid request: {where}: {problem['msg']}", "invalid_request_error", param=where)
+        name = name or chat_request.model
+        if not name:
+            return _error(400, "Missing required parameter: 'model'.", "invalid_request_error", param="model")
+        if name not in served:
+            return _error(404, f"The model '{name}' does not exist. Served: {', '.join(served)}.", "invalid_request_error", "model_not_found", "model")
+        if chat_request.stream or chat_request.n != 1:
+            return _error(400, "Only n=1 without streaming is supported.", "invalid_request_error", param="stream" if chat_request.stream else "n")
+        if not chat_request.messages:
+            return _error(400, "'messages' must not be empty.", "invalid_request_error", param="messages")
+        max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or model.max_new_tokens
+        if not 1 <= max_tokens <= MAX_TOKENS_CAP:
+            return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
+        messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]
+        try:
+            result = await asyncio.wrap_future(worker.submit(_Job(messages, served[name], max_tokens)))
+        except Exception as exc:
+            return _error(500, f"Generation failed: {type(exc).__name__}: {exc}", "server_error")
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.text},
+                        "finish_reason": result.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "total_tokens": result.prompt_tokens + result.completion_tokens,
+                },
+            }
+        )
+
+    @app.post("/v1/chat/completions")
+    async def openai_chat(request: Request) -> JSONResponse:
+        return await chat(request, None)
+
+    @app.post("/openai/deployments/{deployment}/chat/completions")
+    async def azure_chat(deployment: str, request: Request) -> JSONResponse:
+        return await chat(request, deployment)
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
+    """`<dir>/adapter_<track>/` folders holding a PEFT adapter, served under the name `<track>`."""
+    found = {}
+    for folder in sorted(Path(adapters_dir).glob("adapter_*")):
+        if (folder / "adapter_config.json").is_file():
+            found[check_adapter_name(folder.name.removeprefix("adapter_"))] = folder
+    return found
+
+
+def serve(
+    model_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    adapters: dict[str, Path] | None = None,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> None:
+    """Load the model and adapters, then serve until interrupted."""
+    import uvicorn
+
+    if not is_loopback(host) and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model")
+    model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    for name, path in (adapters or {}).items():
+        model.add_adapter(name, path)
+    name = model_name or Path(model_path).name
+    if name in model.adapters:
+        raise SlmSwapError(f"adapter name {name!r} clashes with the base model's name: rename one (--model-name)")
+    app = create_app(model, name, api_key=api_key, batch_size=batch_size)
+    print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

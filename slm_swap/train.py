@@ -1,0 +1,70 @@
+"""The fine-tuning entry point for `accelerate launch` (one process per GPU, or one on CPU):
+
+    accelerate launch --config_file accelerate_config/phi4_4gpu.yaml -m slm_swap.train \\
+        --track structured --train slm_swap/02_dataset/structured/train.jsonl \\
+        --val slm_swap/02_dataset/structured/val.jsonl --out slm_swap/04_ft/adapter_structured
+
+The base model is SLM_MODEL_PATH (the embedded model by default). Settings are the seed's fixed
+QLoRA settings (`slm_swap.training.hyperparams`). `slm-swap train` runs this for you.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slm_swap.errors import SlmSwapError
+from slm_swap.prompts import TRACKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch).")
+    parser.add_argument("--track", required=True, choices=TRACKS)
+    parser.add_argument("--train", required=True, help="train split JSONL")
+    parser.add_argument("--val", required=True, help="validation split JSONL")
+    parser.add_argument("--out", required=True, help="adapter folder, e.g. slm_swap/04_ft/adapter_<track>")
+    parser.add_argument("--backend", default="auto", choices=("auto", "unsloth", "bnb", "cpu"),
+                        help="auto: unsloth on CUDA if installed, else bitsandbytes on CUDA, else cpu (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <out>.checkpoints/")
+    parser.add_argument("--sampling", default="group_by_length", choices=("group_by_length", "random"),
+                        help="batch formation (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
+    parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from slm_swap.config import load_settings
+    from slm_swap.training.run import TrainRequest, train
+
+    args = build_parser().parse_args(argv)
+    request = TrainRequest(
+        track=args.track,
+        train_path=Path(args.train),
+        val_path=Path(args.val),
+        out_dir=Path(args.out),
+        model_path=Path(load_settings().slm_model_path),
+        backend=args.backend,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        sampling=args.sampling,
+        max_steps=args.max_steps,
+        save_steps=args.save_steps,
+    )
+    try:
+        manifest = train(request)
+    except SlmSwapError as exc:
+        print(f"slm_swap.train: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
+        f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
+        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""How the model is loaded for training, chosen by what the machine has.
+
+- `unsloth`: CUDA with Unsloth installed: `FastLanguageModel` QLoRA (4-bit base, LoRA on top).
+- `bnb`:     CUDA without Unsloth: transformers + bitsandbytes NF4 + PEFT (classic QLoRA).
+- `cpu`:     no CUDA: the base in full precision + PEFT LoRA (tests and the demo; no 4-bit on CPU).
+
+Under `accelerate launch` each process loads its own copy on its own GPU (`device_map={"": local
+rank}`); DeepSpeed ZeRO-2 (from the accelerate config) then shards optimizer state and gradients.
+The CUDA paths cannot run on the CPU-only machines this project is developed on: they follow the
+Unsloth, PEFT and TRL documentation and are kept small so they can be reviewed line by line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from slm_swap.errors import SlmSwapError
+from slm_swap.training.hyperparams import HyperParams
+
+BACKENDS = ("auto", "unsloth", "bnb", "cpu")
+
+
+def choose_backend(requested: str = "auto") -> str:
+    if requested not in BACKENDS:
+        raise SlmSwapError(f"unknown backend {requested!r}: expected one of {', '.join(BACKENDS)}")
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if not cuda:
+            return "cpu"
+        return "unsloth" if importlib.util.find_spec("unsloth") else "bnb"
+    if requested in ("unsloth", "bnb") and not cuda:
+        raise SlmSwapError(f"--backend {requested} needs a CUDA GPU; this machine has none (use --backend cpu)")
+    if requested == "unsloth" and not importlib.util.find_spec("unsloth"):
+        raise SlmSwapError("--backend unsloth: the unsloth package is not installed (pip install -e '.[gpu]')")
+    return requested
+
+
+def local_device_map() -> dict[str, int]:
+    """Everything on this process's GPU: one full model copy per rank (DDP / ZeRO-2 style)."""
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def lora_config(hp: HyperParams):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=list(hp.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_for_training(backend: str, model_path: Path, hp: HyperParams):
+    """(PEFT-wrapped model with trainable LoRA weights, tokenizer) for `backend`."""
+    if backend == "unsloth":
+        return _load_unsloth(model_path, hp)
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if backend == "bnb":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, quantization_config=quantization, dtype=torch.bfloat16, device_map=local_device_map()
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return get_peft_model(model, lora_config(hp)), tokenizer
+
+
+def _load_unsloth(model_path: Path, hp: HyperParams):
+    # Imported here only: `import unsloth` raises on machines without a GPU, and it patches
+    # transformers/TRL on import, which must not happen for the other backends.
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(model_path),
+        max_seq_length=hp.max_seq_length,
+        load_in_4bit=hp.load_in_4bit,
+        dtype=None,  # bf16 on Ampere (RTX 3090)
+        device_map=local_device_map(),
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=list(hp.target_modules),
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=hp.seed,
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,193 @@
+"""One fine-tuning run: validate inputs, load the backend, train with TRL's SFTTrainer on the
+completion only, report validation loss, write the adapter and its manifest atomically.
+
+Runs as one process (CPU) or one per GPU under `accelerate launch`; only the main process writes.
+Checkpoints go to `<out>.checkpoints/` so `resume=True` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import sha256_file, write_json
+from slm_swap.prompts import check_track
+from slm_swap.training.backends import choose_backend, load_for_training
+from slm_swap.training.data import load_training_rows, tokenize_rows
+from slm_swap.training.hyperparams import HyperParams
+
+MANIFEST = "slm_swap_adapter.json"
+SAMPLING = ("group_by_length", "random")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    track: str
+    train_path: Path
+    val_path: Path
+    out_dir: Path
+    model_path: Path
+    backend: str = "auto"
+    overwrite: bool = False
+    resume: bool = False
+    # Length-grouped batches waste less compute on padding than random ones (bench/train_throughput.py).
+    sampling: str = "group_by_length"
+    save_steps: int = 50
+    max_steps: int = -1  # -1: the seed's one epoch; tests and benchmarks may cap it
+    hp: HyperParams = field(default_factory=HyperParams)
+
+    def checkpoints_dir(self) -> Path:
+        return Path(f"{self.out_dir}.checkpoints")
+
+
+def validate(request: TrainRequest) -> None:
+    """Every bad input is refused before anything is loaded or written."""
+    check_track(request.track)
+    if request.sampling not in SAMPLING:
+        raise SlmSwapError(f"unknown sampling {request.sampling!r}: expected one of {', '.join(SAMPLING)}")
+    if not (Path(request.model_path) / "config.json").is_file():
+        raise SlmSwapError(f"base model {request.model_path}: no checkpoint there (config.json missing; set SLM_MODEL_PATH)")
+    for path in (request.train_path, request.val_path):
+        load_training_rows(Path(path), request.track)
+    out = Path(request.out_dir)
+    if (out / "adapter_config.json").exists() and not (request.overwrite or request.resume):
+        raise SlmSwapError(f"{out} already holds an adapter: pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise SlmSwapError(f"{out} exists and is not a folder")
+
+
+def _strategy() -> tuple[str, int]:
+    """(multi-device strategy, world size) as accelerate sees this process."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    kind = str(state.distributed_type).split(".")[-1].lower()
+    if kind == "deepspeed":
+        from accelerate.state import AcceleratorState
+
+        stage = AcceleratorState().deepspeed_plugin.zero_stage
+        kind = f"deepspeed_zero{stage}"
+    return kind, state.num_processes
+
+
+def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
+    """Train and write `<out>/` (PEFT adapter + manifest); returns the manifest."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    validate(request)
+    hp = request.hp
+    backend = choose_backend(request.backend)
+    model, tokenizer = load_for_training(backend, Path(request.model_path), hp)
+    train_rows = load_training_rows(Path(request.train_path), request.track)
+    val_rows = load_training_rows(Path(request.val_path), request.track)
+    train_examples = tokenize_rows(tokenizer, train_rows, hp.max_seq_length, Path(request.train_path))
+    val_examples = tokenize_rows(tokenizer, val_rows, hp.max_seq_length, Path(request.val_path))
+
+    cuda = torch.cuda.is_available() and backend != "cpu"
+    deepspeed_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else None
+    config = SFTConfig(
+        output_dir=str(request.checkpoints_dir()),
+        num_train_epochs=hp.epochs,
+        max_steps=request.max_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_ratio=hp.warmup_ratio,
+        per_device_train_batch_size=hp.per_device_batch_size,
+        per_device_eval_batch_size=hp.per_device_batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        max_length=hp.max_seq_length,
+        completion_only_loss=True,  # our `labels` column (prompt = -100) is used as given
+        train_sampling_strategy=request.sampling,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=request.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",  # evaluated explicitly before and after: two numbers to compare
+        report_to="none",
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        deepspeed=deepspeed_file,  # "auto" values in the JSON are filled from these arguments
+        gradient_checkpointing=backend == "bnb",
+        disable_tqdm=False,
+    )
+
+    class ForwardLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log and logs and state.is_world_process_zero:
+                on_log(state.global_step, logs)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(val_examples),
+        processing_class=tokenizer,
+        callbacks=[ForwardLogs()],
+    )
+    val_loss_before = trainer.evaluate()["eval_loss"]
+    resume_from = _latest_checkpoint(request.checkpoints_dir()) if request.resume else None
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    duration = time.perf_counter() - started
+    val_loss = trainer.evaluate()["eval_loss"]
+    strategy, world_size = _strategy()
+    tokens = sum(len(e["input_ids"]) for e in train_examples) * hp.epochs
+    manifest = {
+        "track": request.track,
+        "base_model": str(request.model_path),
+        "backend": backend,
+        "strategy": strategy,
+        "world_size": world_size,
+        "hyperparameters": hp.as_dict(),
+        "sampling": request.sampling,
+        "max_steps": request.max_steps,
+        "datasets": {
+            "train": {"path": str(request.train_path), "sha256": sha256_file(Path(request.train_path)), "rows": len(train_rows)},
+            "val": {"path": str(request.val_path), "sha256": sha256_file(Path(request.val_path)), "rows": len(val_rows)},
+        },
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "val_loss_before": val_loss_before,
+        "val_loss": val_loss,
+        "duration_s": round(duration, 2),
+        "train_tokens_per_s": round(tokens / duration, 1) if duration > 0 else None,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if trainer.is_world_process_zero():
+        _publish_adapter(trainer.model, tokenizer, Path(request.out_dir), manifest)
+    trainer.accelerator.wait_for_everyone()
+    return manifest
+
+
+def _latest_checkpoint(folder: Path) -> str | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise SlmSwapError(f"--resume: no checkpoint in {folder}")
+    return str(checkpoints[-1])
+
+
+def _publish_adapter(model, tokenizer, out: Path, manifest: dict[str, Any]) -> None:
+    """Adapter, tokenizer and manifest into a staging folder, then swapped in whole."""
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    write_json(staging / MANIFEST, manifest)
+    retired = out.with_name(f".{out.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if out.exists():
+        out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""Shared fixtures. Tests never reach a network service: the hub is off, telemetry is off."""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports transformers/prefect/langfuse, which read these at import time.
+# setdefault: a developer may still override one deliberately from the shell.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Tests that need tracing override this with monkeypatch.
+os.environ.setdefault("LANGFUSE_DISABLED", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """The converted embedded model at its default location (converted once, then reused)."""
+    from slm_swap.models import fetch_embedded_model
+
+    return fetch_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_model_dir):
+    """A tiny random Llama with the embedded model's tokenizer, for fast training/eval tests."""
+    from slm_swap.models import build_tiny_model
+
+    return build_tiny_model(embedded_model_dir, tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory, tiny_model_dir):
+    """A random (non-identity) LoRA adapter for the tiny model: it visibly changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    dest = tmp_path_factory.mktemp("tiny-adapter") / "adapter_toolcall"
+    get_peft_model(model, config).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def xlam_data_dir(tmp_path_factory):
+    """Both tracks prepared from the xLAM fixture: 20 train, 4 val, 12 test."""
+    from pathlib import Path
+
+    from slm_swap.cli import main
+
+    out = tmp_path_factory.mktemp("xlam-data")
+    fixture = Path(__file__).parent / "fixtures" / "xlam_sample.json"
+    assert main(["prepare", "--source", "xlam", "--dataset-path", str(fixture), "--train", "20", "--val", "4",
+                 "--test", "12", "--out-dir", str(out)]) == 0
+    return out

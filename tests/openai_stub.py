@@ -1,0 +1,102 @@
+"""A scriptable OpenAI-compatible HTTP server on 127.0.0.1, standing in for a hosted model.
+
+Speaks the chat-completions wire format on both the OpenAI route (`/v1/chat/completions`) and
+Azure's (`/openai/deployments/{name}/chat/completions`), so the real `openai` SDK can be tested
+over real HTTP. Behaviour is scripted: `respond(messages) -> text`, an optional queue of failure
+statuses to answer first (with `Retry-After`), and a fixed latency per request. Every request is
+recorded (path, query, lower-cased headers, body) for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+
+class _Server(ThreadingHTTPServer):
+    # A listen backlog of 128, not the default 5: concurrent clients must not wait on SYN retries.
+    request_queue_size = 128
+    daemon_threads = True
+
+
+class OpenAIStub:
+    def __init__(
+        self,
+        respond: Callable[[list[dict[str, Any]]], str] = lambda messages: "ok",
+        failures: list[int] | None = None,
+        retry_after: str | None = None,
+        latency_s: float = 0.0,
+    ):
+        self.respond = respond
+        self.failures = list(failures or [])
+        self.retry_after = retry_after
+        self.latency_s = latency_s
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "OpenAIStub":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                parts = urlsplit(self.path)
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with stub.lock:
+                    stub.requests.append(
+                        {"path": parts.path, "query": parse_qs(parts.query), "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                         "at": time.monotonic()}
+                    )
+                    failure = stub.failures.pop(0) if stub.failures else None
+                if stub.latency_s:
+                    time.sleep(stub.latency_s)
+                if failure:
+                    headers = {"Retry-After": stub.retry_after} if stub.retry_after else {}
+                    self._send(failure, {"error": {"message": f"scripted {failure}", "type": "stub", "code": str(failure)}}, headers)
+                    return
+                if not (parts.path == "/v1/chat/completions" or parts.path.endswith("/chat/completions")):
+                    self._send(404, {"error": {"message": "no such route", "type": "invalid_request_error"}})
+                    return
+                text = stub.respond(body["messages"])
+                self._send(200, {
+                    "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "deployment"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                })
+
+        return Handler

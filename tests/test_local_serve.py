@@ -1,0 +1,157 @@
+"""The local SLM client and `slm-swap serve` (integration tier: real models, a real server process).
+
+The server is checked the way the product uses it: the real openai SDK (Azure and plain OpenAI
+URL shapes) evaluating through it must produce exactly what the in-process local client produces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from slm_swap.cli import main
+from slm_swap.clients.local import LocalModel, load_local_model
+from slm_swap.data.bfcl import load_bfcl
+from slm_swap.errors import SlmSwapError
+from slm_swap.prompts import build_messages, build_prompt
+from slm_swap.serve import parse_adapter_specs
+
+pytestmark = pytest.mark.integration
+KEY = "serve-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bfcl_messages(n: int, track: str = "toolcall") -> list[list[dict[str, str]]]:
+    examples, _ = load_bfcl(("simple_python",))
+    return [build_messages(build_prompt(track, e.request, e.functions)) for e in examples[:n]]
+
+
+def test_batched_generation_equals_one_at_a_time_on_the_embedded_model(embedded_model_dir):
+    model = LocalModel(embedded_model_dir, max_new_tokens=24, batch_size=3)
+    messages = bfcl_messages(6)
+    one_at_a_time = [model.generate([model.render(m)])[0].text for m in messages]
+    batched = {c.index: c.text for c in model.complete(messages)}
+    assert [batched[i] for i in range(6)] == one_at_a_time
+    assert all(one_at_a_time)
+
+
+def test_adapter_changes_outputs_and_models_load_once(tiny_model_dir, tiny_adapter_dir):
+    base = load_local_model(tiny_model_dir)
+    assert load_local_model(tiny_model_dir) is base  # one load per process
+    tuned = load_local_model(tiny_model_dir, tiny_adapter_dir)
+    messages = bfcl_messages(2)
+    base_texts = [c.text for c in base.complete(messages)]
+    tuned_texts = [c.text for c in tuned.complete(messages)]
+    assert base_texts != tuned_texts
+    assert [c.text for c in tuned.complete(messages, adapter=None)] == base_texts  # adapter off = base
+
+
+def test_missing_checkpoint_and_adapter_are_one_line_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(SlmSwapError, match="no checkpoint there"):
+        LocalModel(tmp_path)
+    with pytest.raises(SlmSwapError, match="not a PEFT adapter"):
+        load_local_model(tiny_model_dir).add_adapter("x", tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["../up=dir", "a/b=dir", "=dir", "name", ".hidden=dir", "x" * 80 + "=dir"])
+def test_adapter_names_that_could_escape_are_refused(spec):
+    with pytest.raises(SlmSwapError):
+        parse_adapter_specs([spec])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tiny_adapter_dir):
+    port = free_port()
+    command = [sys.executable, "-m", "slm_swap.cli", "serve", "--model-path", str(tiny_model_dir), "--model-name", "tiny",
+               "--port", str(port), "--adapter", f"toolcall={tiny_adapter_dir}", "--api-key", KEY]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read()}")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_models_route_lists_base_and_adapters(server):
+    response = httpx.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert [m["id"] for m in response.json()["data"]] == ["tiny", "toolcall"]
+
+
+@pytest.mark.parametrize(
+    "headers, body, status, code_or_param",
+    [
+        ({}, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}, 401, "invalid_api_key"),
+        ({"Authorization": "Bearer wrong"}, {"model": "tiny", "messages": []}, 401, "invalid_api_key"),
+        ({"Authorization": f"Bearer {KEY}"}, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model_not_found"),
+        ({"Authorization": f"Bearer {KEY}"}, {"model": "tiny"}, 400, "messages"),
+        ({"Authorization": f"Bearer {KEY}"}, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}, 400, "stream"),
+        ({"Authorization": f"Bearer {KEY}"}, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(server, headers, body, status, code_or_param):
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and code_or_param in (error["code"], error["param"])
+
+
+def test_invalid_json_body_is_a_400(server):
+    response = httpx.post(f"{server}/v1/chat/completions", content=b"{nope", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_concurrent_requests_are_all_answered_as_if_alone(server):
+    messages = bfcl_messages(8)
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def ask(m, model="tiny"):
+        body = {"model": model, "messages": m, "max_tokens": 16, "temperature": 0.7}
+        return httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers, timeout=120).json()["choices"][0]["message"]["content"]
+
+    alone = [ask(m) for m in messages[:4]] + [ask(m, "toolcall") for m in messages[4:]]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, messages, ["tiny"] * 4 + ["toolcall"] * 4))
+    assert together == alone
+
+
+@pytest.mark.parametrize("shape", ["azure", "openai"])
+def test_eval_through_the_server_matches_the_local_client(server, shape, xlam_data_dir, tiny_model_dir, tiny_adapter_dir, tmp_path, monkeypatch):
+    """The hosted path (real SDK, real HTTP) and the local path give identical outputs for the same model."""
+    for key in ("AZURE_ENDPOINT", "AZURE_DEPLOYMENT", "AZURE_API_KEY", "HOSTED_BASE_URL", "HOSTED_MODEL", "HOSTED_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    if shape == "azure":  # the deployment name selects the adapter
+        monkeypatch.setenv("AZURE_ENDPOINT", f"{server}/openai/deployments/toolcall")
+        monkeypatch.setenv("AZURE_API_KEY", KEY)
+    else:
+        monkeypatch.setenv("HOSTED_BASE_URL", f"{server}/v1")
+        monkeypatch.setenv("HOSTED_MODEL", "toolcall")
+        monkeypatch.setenv("HOSTED_API_KEY", KEY)
+    monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
+    common = ["--track", "toolcall", "--split", "test", "--data-dir", str(xlam_data_dir), "--limit", "4"]
+    assert main(["eval", *common, "--model-kind", "azure", "--out", str(tmp_path / "hosted.json")]) == 0
+    assert main(["eval", *common, "--model-kind", "slm", "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path / "local.json")]) == 0
+    outputs = lambda name: [json.loads(l)["output"] for l in (tmp_path / f"{name}.records.jsonl").read_text().splitlines()]
+    assert outputs("hosted") == outputs("local")
+    assert main(["compare", "--track", "toolcall", "--azure", str(tmp_path / "hosted.json"), "--slm", str(tmp_path / "local.json")]) == 0

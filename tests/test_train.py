@@ -1,0 +1,145 @@
+"""Fine-tuning on CPU with the tiny model: masking, a real `accelerate launch`, overfitting,
+resume, the adapter's re-evaluation, bad inputs, and the launch configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from slm_swap.cli import main
+from slm_swap.data.examples import load_rows
+from slm_swap.errors import SlmSwapError
+from slm_swap.training.data import tokenize_row
+from slm_swap.training.hyperparams import HyperParams
+from slm_swap.training.launch import CPU_CONFIG, GPU_CONFIG, launch_command
+from slm_swap.training.run import MANIFEST, TrainRequest, train
+
+pytestmark = pytest.mark.integration
+# Small batches: the tiny model trains a few steps in seconds.
+SMALL = HyperParams(per_device_batch_size=2)
+
+
+def test_labels_mask_every_prompt_token_and_no_completion_token(xlam_data_dir, tiny_model_dir):
+    from transformers import AutoTokenizer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = load_rows(xlam_data_dir / "toolcall" / "train.jsonl")[:3]
+    examples = [tokenize_row(tokenizer, row) for row in rows]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
+    for i, (row, example) in enumerate(zip(rows, examples)):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "system", "content": "You are a careful assistant. Follow the requested output format exactly."},
+             {"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n = len(example["input_ids"])
+        labels, ids = batch["labels"][i].tolist(), batch["input_ids"][i].tolist()
+        assert labels[:n_prompt] == [-100] * n_prompt  # every prompt token masked
+        assert labels[n_prompt:n] == ids[n_prompt:n]  # no completion token masked
+        assert all(label == -100 for label in labels[n:])  # padding masked
+        assert tokenizer.decode(ids[n_prompt:n]) == row["completion"] + "<|im_end|>\n"  # answer, then stop
+
+
+@pytest.fixture(scope="module")
+def overfit_split(tmp_path_factory, xlam_data_dir):
+    """Four toolcall rows used as both train and validation: loss on them must fall."""
+    folder = tmp_path_factory.mktemp("overfit")
+    lines = (xlam_data_dir / "toolcall" / "train.jsonl").read_text().splitlines()[:4]
+    (folder / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "rows.jsonl"
+
+
+def test_a_few_examples_overfit_and_resume_continues(overfit_split, tiny_model_dir, tmp_path):
+    hp = replace(SMALL, learning_rate=2e-3)  # a random tiny model needs a push to move in 12 steps
+    request = TrainRequest(track="toolcall", train_path=overfit_split, val_path=overfit_split, out_dir=tmp_path / "adapter",
+                           model_path=tiny_model_dir, max_steps=6, save_steps=3, hp=hp)
+    first = train(request)
+    assert first["steps"] == 6 and first["val_loss"] < first["val_loss_before"]
+    assert sorted(p.name for p in request.checkpoints_dir().iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    second = train(replace(request, resume=True, max_steps=12))
+    assert second["steps"] == 12 and second["resumed_from"].endswith("checkpoint-6")
+    assert second["val_loss"] < first["val_loss"]
+
+
+def test_accelerate_launch_trains_an_adapter_that_re_evaluates(xlam_data_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """The documented commands, for real: `slm-swap train` (accelerate launch, CPU config), then eval --adapter."""
+    out = tmp_path / "04_ft" / "adapter_toolcall"
+    env = {**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "slm_swap.cli", "train", "--track", "toolcall", "--data-dir", str(xlam_data_dir),
+         "--out", str(out), "--accelerate-config", str(CPU_CONFIG), "--max-steps", "3"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accelerate launch --config_file" in result.stdout and "-m slm_swap.train" in result.stdout
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["backend"] == "cpu" and manifest["world_size"] == 1 and manifest["strategy"] == "no"
+    assert manifest["hyperparameters"]["lora_r"] == 64 and manifest["hyperparameters"]["lora_alpha"] == 16
+    assert manifest["hyperparameters"]["lora_dropout"] == 0.1 and manifest["hyperparameters"]["learning_rate"] == 2e-4
+    assert manifest["datasets"]["train"]["rows"] == 20 and len(manifest["datasets"]["train"]["sha256"]) == 64
+    assert manifest["train_tokens_per_s"] > 0 and manifest["val_loss"] > 0
+    assert not any(p.name.startswith(".adapter_toolcall") for p in out.parent.iterdir())  # no staging left
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    assert model.peft_config["default"].r == 64
+
+    monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
+    eval_dir = tmp_path / "05_eval"
+    assert main(["eval", "--track", "toolcall", "--model-kind", "slm", "--adapter", str(out), "--data-dir",
+                 str(xlam_data_dir), "--eval-dir", str(eval_dir), "--limit", "3"]) == 0
+    metrics = json.loads((eval_dir / "toolcall_slm_ft_test.json").read_text())  # the seed's naming
+    assert metrics["model"]["adapter"] == str(out) and metrics["n"] == 3
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(xlam_data_dir, tiny_model_dir, tmp_path):
+    base = TrainRequest(track="toolcall", train_path=xlam_data_dir / "toolcall" / "train.jsonl",
+                        val_path=xlam_data_dir / "toolcall" / "val.jsonl", out_dir=tmp_path / "out", model_path=tiny_model_dir)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "adapter_config.json").write_text("{}")
+    cases = [
+        (replace(base, train_path=tmp_path / "missing.jsonl"), "missing.jsonl: no such dataset file"),
+        (replace(base, val_path=empty), "empty.jsonl: no rows"),
+        (replace(base, train_path=xlam_data_dir / "structured" / "train.jsonl"), "not a toolcall completion"),
+        (replace(base, out_dir=existing), "already holds an adapter: pass --overwrite"),
+        (replace(base, model_path=tmp_path / "no-model"), "no-model: no checkpoint there"),
+    ]
+    for request, message in cases:
+        with pytest.raises(SlmSwapError, match=message):
+            train(request)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in existing.iterdir()) == ["adapter_config.json"]
+    # And through the entry point: one line on stderr, exit 2.
+    result = subprocess.run(
+        [sys.executable, "-m", "slm_swap.train", "--track", "toolcall", "--train", str(tmp_path / "missing.jsonl"),
+         "--val", str(empty), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"slm_swap.train: error: {tmp_path / 'missing.jsonl'}: no such dataset file"]
+
+
+def test_launch_configs_load_with_accelerates_own_parsers():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    gpu = load_config_from_file(str(GPU_CONFIG))
+    assert gpu.num_processes == 4 and str(gpu.distributed_type).endswith("DEEPSPEED")
+    ds_file = Path(gpu.deepspeed_config["deepspeed_config_file"])
+    assert ds_file.name == "deepspeed_zero2.json"
+    plugin = DeepSpeedPlugin(hf_ds_config=str(GPU_CONFIG.parent.parent / ds_file))
+    assert plugin.zero_stage == 2
+    cpu = load_config_from_file(str(CPU_CONFIG))
+    assert cpu.use_cpu and cpu.num_processes == 1
+    command = launch_command(track="toolcall", train=Path("t.jsonl"), val=Path("v.jsonl"), out=Path("o"), accelerate_config=GPU_CONFIG)
+    assert command[1:4] == ["launch", "--config_file", str(GPU_CONFIG)] and command[4:6] == ["-m", "slm_swap.train"]
