@@ -62,17 +62,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from slm_swap.clients import build_client
     from slm_swap.config import load_settings
-    from slm_swap.evaluate import default_out_path, run_eval
+    from slm_swap.evaluate import default_out_path
+    from slm_swap.runs import traced_eval
 
-    settings = load_settings()
     adapter = Path(args.adapter) if args.adapter else None
     out = Path(args.out) if args.out else default_out_path(args.eval_dir, args.track, args.model_kind, args.split, adapter)
-    client = build_client(args.model_kind, settings, adapter=adapter, concurrency=args.concurrency,
-                          timeout_s=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size)
-    document = run_eval(track=args.track, split=args.split, data_dir=Path(args.data_dir), out=out, client=client,
-                        adapter=adapter, limit=args.limit, resume=args.resume, max_errors=args.max_errors)
+    document = traced_eval(
+        load_settings(), track=args.track, split=args.split, data_dir=Path(args.data_dir), out=out,
+        model_kind=args.model_kind, adapter=adapter, limit=args.limit, resume=args.resume, max_errors=args.max_errors,
+        concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size,
+    )
     rates = " ".join(f"{k}={v:.3f}" for k, v in document.items() if k.endswith("_rate"))
     print(f"{out}: n={document['n']} errors={document['errors']} {rates}")
     return 0
@@ -109,8 +109,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import subprocess
 
+    from slm_swap.config import load_settings
+    from slm_swap.tracing import check_tracing_settings
     from slm_swap.training.launch import launch_command
 
+    check_tracing_settings(load_settings())  # fail here, not after accelerate has started
     data_dir, out = Path(args.data_dir), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
     extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
              "--backend", args.backend, "--max-steps", str(args.max_steps)]
@@ -122,9 +125,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from slm_swap.compare import FINE_TUNE_EXIT, decide, format_decision
+    from slm_swap.compare import FINE_TUNE_EXIT, format_decision
+    from slm_swap.config import load_settings
+    from slm_swap.runs import traced_compare
 
-    decision = decide(args.track, Path(args.azure), Path(args.slm), args.delta)
+    decision = traced_compare(load_settings(), track=args.track, reference_path=Path(args.azure),
+                              candidate_path=Path(args.slm), delta=args.delta)
     print(format_decision(decision))
     return FINE_TUNE_EXIT if decision.fine_tune else 0
 

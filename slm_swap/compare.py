@@ -40,6 +40,7 @@ class Decision:
     delta: float
     rows: list[MetricRow]
     n: int
+    langfuse_trace_id: str | None = None
 
     @property
     def trailing(self) -> list[str]:
@@ -56,6 +57,7 @@ class Decision:
             "n": self.n,
             "fine_tune": self.fine_tune,
             "trailing": self.trailing,
+            "langfuse_trace_id": self.langfuse_trace_id,
             "metrics": {
                 row.name: {
                     "reference": row.reference,

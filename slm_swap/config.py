@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     langfuse_secret_key: SecretStr | None = Field(None, description="Langfuse project secret key.")
     langfuse_host: str | None = Field(None, description="Langfuse base URL, e.g. https://cloud.langfuse.com.")
     langfuse_disabled: bool = Field(False, description="LANGFUSE_DISABLED=1 turns tracing off (local dry runs only).")
+    prefect_flow_run_id: str | None = Field(
+        None,
+        validation_alias="PREFECT__FLOW_RUN_ID",
+        description="Set by Prefect in flow-run processes; recorded in trace metadata to link the two.",
+    )
 
     def public_view(self) -> dict[str, Any]:
         """Resolved settings with secrets reduced to whether they are set."""

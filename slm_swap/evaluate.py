@@ -24,6 +24,7 @@ from slm_swap.fileio import atomic_write_text, jsonl_text, read_json, sha256_fil
 from slm_swap.metrics import score_example
 from slm_swap.prompts import build_messages, check_track
 from slm_swap.results import metrics_document
+from slm_swap.tracing import NullRun, Run
 
 
 class Client(Protocol):
@@ -93,8 +94,10 @@ def run_eval(
     resume: bool = False,
     max_errors: int | None = None,
     progress: bool = True,
-    trace_id: str | None = None,
+    trace: Run = NullRun(),
 ) -> dict[str, Any]:
+    """Evaluate, write records and the metrics file, and record it all on `trace` (one
+    observation per example, the rates as scores)."""
     rows_path, rows, answers = load_split(data_dir, track, split, limit)
     out = Path(out)
     records_path, run_path = records_path_for(out), _run_path_for(out)
@@ -143,6 +146,12 @@ def run_eval(
                 }
                 log.write(json.dumps(record, ensure_ascii=False) + "\n")
                 log.flush()
+                trace.example(
+                    index,
+                    input=rows[index]["prompt"],
+                    output=completion.text,
+                    metadata={k: v for k, v in record.items() if k not in ("output", "parsed", "index")},
+                )
                 done[index] = record
                 bar.update(1)
                 if completion.error:
@@ -174,9 +183,13 @@ def run_eval(
             "examples_this_run": len(pending),
             "examples_per_s": round(len(pending) / wall, 3) if wall > 0 and pending else None,
         },
-        langfuse_trace_id=trace_id,
+        langfuse_trace_id=trace.trace_id,
     )
     write_json(out, document)
+    rates = {name: value for name, value in document.items() if name.endswith("_rate")}
+    for name, value in rates.items():
+        trace.score(name, value)
+    trace.update(output={"metrics_path": str(out), **rates}, metadata={"n": document["n"], "errors": document["errors"]})
     return document
 
 

@@ -192,7 +192,9 @@ def create_app(
             return _error(400, "Only n=1 without streaming is supported.", "invalid_request_error", param="stream" if chat_request.stream else "n")
         if not chat_request.messages:
             return _error(400, "'messages' must not be empty.", "invalid_request_error", param="messages")
-        max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or model.max_new_tokens
+        max_tokens = next(
+            (v for v in (chat_request.max_completion_tokens, chat_request.max_tokens) if v is not None), model.max_new_tokens
+        )
         if not 1 <= max_tokens <= MAX_TOKENS_CAP:
             return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
         messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]

@@ -24,8 +24,8 @@ v5 data model keeps a trace's input/output on its root observation), every `exam
 observation, `event` is an event observation and `score` is a numeric score on the trace.
 
 Tracing never fails a command. A Langfuse that is down or answers errors costs at most
-`flush_timeout_s` in `flush()` (and again in `close()`), which then returns False and prints one
-line saying the traces were not delivered. An exception inside `run` marks the trace as an error
+`flush_timeout_s` in `flush()`, which then returns False and prints one line saying the traces were
+not delivered; `close()` is bounded by `flush_timeout_s` too (by 1 s once a flush has failed). An exception inside `run` marks the trace as an error
 and is re-raised unchanged.
 
 What goes on the wire is scrubbed first: any key containing "key", "secret", "token" or "password"
@@ -53,6 +53,7 @@ import httpx
 import requests
 from langfuse import Langfuse, propagate_attributes
 from langfuse import __version__ as langfuse_version
+from opentelemetry import context as otel_context_api
 from opentelemetry import trace as otel_trace_api
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -88,7 +89,7 @@ VALUE_CAP_BYTES = 4096
 # Trace-level metadata (propagated to every observation, filterable in the UI) must be short: the
 # SDK drops values longer than 200 characters with a warning, so only short scalars are propagated.
 _TRACE_METADATA_MAX_CHARS = 200
-# Longest secret-looking setting value we scrub by value; shorter ones would redact ordinary text.
+# Shortest secret setting scrubbed by value wherever it appears; shorter ones would redact ordinary text.
 _MIN_SECRET_CHARS = 8
 _MAX_DEPTH = 32
 
@@ -98,21 +99,29 @@ OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 # -- settings ------------------------------------------------------------------------------------
 
 
-def _secret_value(value: SecretStr | str | None) -> str:
+def _text(value: SecretStr | str | None) -> str:
+    """A setting's plain value, blank when unset; a blank value counts as missing."""
     if isinstance(value, SecretStr):
         return value.get_secret_value().strip()
     return (value or "").strip()
 
 
+def _langfuse_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "LANGFUSE_PUBLIC_KEY": _text(settings.langfuse_public_key),
+        "LANGFUSE_SECRET_KEY": _text(settings.langfuse_secret_key),
+        "LANGFUSE_HOST": _text(settings.langfuse_host),
+    }
+
+
 def check_tracing_settings(settings: Settings) -> None:
     """Raise `SlmSwapError` (one line) unless tracing is configured or explicitly disabled."""
-    if settings.langfuse_disabled:
-        return
-    required = {
-        "LANGFUSE_PUBLIC_KEY": _secret_value(settings.langfuse_public_key),
-        "LANGFUSE_SECRET_KEY": _secret_value(settings.langfuse_secret_key),
-        "LANGFUSE_HOST": _secret_value(settings.langfuse_host),
-    }
+    if not settings.langfuse_disabled:
+        _require_langfuse_settings(settings)
+
+
+def _require_langfuse_settings(settings: Settings) -> None:
+    required = _langfuse_settings(settings)
     missing = [name for name, value in required.items() if not value]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
@@ -133,7 +142,7 @@ def trace_url(settings: Settings, trace_id: str | None) -> str | None:
     round trip. Langfuse's web app serves `{host}/trace/{id}` and redirects it to the project's
     trace page, so the link is built offline instead.
     """
-    host = _secret_value(settings.langfuse_host).rstrip("/")
+    host = _text(settings.langfuse_host).rstrip("/")
     if settings.langfuse_disabled or not trace_id or not host:
         return None
     return f"{host}/trace/{trace_id}"
@@ -388,6 +397,7 @@ class _CountingExporter(SpanExporter):
         self._inner = inner
         self._session = session
         self._delivery = delivery
+        self._shut_down = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -402,7 +412,9 @@ class _CountingExporter(SpanExporter):
         return result
 
     def shutdown(self) -> None:
-        self._inner.shutdown()
+        if not self._shut_down:  # close() may shut it down before the provider does
+            self._shut_down = True
+            self._inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._inner.force_flush(timeout_millis)
@@ -535,7 +547,7 @@ class _LangfuseRun(Run):
         )
 
     def score(self, name: str, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):  # bools count as 1.0/0.0
             self._tracer._delivery.problem(f"score {name!r} is not a finite number ({value!r}); not sent")
             return
         self._guard(
@@ -567,14 +579,17 @@ class LangfuseTracer(Tracer):
     def __init__(self, settings: Settings, *, flush_timeout_s: float = 10.0):
         if not flush_timeout_s > 0:
             raise ValueError("flush_timeout_s must be positive")
-        check_tracing_settings(settings)
+        # Checked even under LANGFUSE_DISABLED=1: a blank key would make the SDK read the environment.
+        _require_langfuse_settings(settings)
         self._flush_timeout_s = float(flush_timeout_s)
-        self._host = _secret_value(settings.langfuse_host).rstrip("/")
-        public_key = _secret_value(settings.langfuse_public_key)
-        secret_key = _secret_value(settings.langfuse_secret_key)
+        required = _langfuse_settings(settings)
+        self._host = required["LANGFUSE_HOST"].rstrip("/")
+        public_key = required["LANGFUSE_PUBLIC_KEY"]
+        secret_key = required["LANGFUSE_SECRET_KEY"]
         self._payloads = _Payloads(settings)
         self._delivery = _Delivery()
         self._closed = False
+        self._last_flush_ok: bool | None = None
         _quiet_sdk_loggers()
 
         # One request (with the exporter's retries) must fit in one flush.
@@ -608,6 +623,7 @@ class LangfuseTracer(Tracer):
             compression=Compression.Gzip,  # what the SDK sends by default; Langfuse decodes gzip
             session=session,
         )
+        self._exporter = _CountingExporter(otlp, session, self._delivery)
         self._http = _NotingHttpxClient(self._delivery, timeout=request_timeout_s)
 
         _forget_sdk_client(public_key)  # never reuse another tracer's client (and host)
@@ -626,7 +642,7 @@ class LangfuseTracer(Tracer):
                 flush_interval=5.0,
                 media_upload_thread_count=1,
                 tracer_provider=self._provider,
-                span_exporter=_CountingExporter(otlp, session, self._delivery),
+                span_exporter=self._exporter,
             )
         except Exception as exc:
             raise SlmSwapError(f"could not start Langfuse tracing: {type(exc).__name__}: {exc}") from exc
@@ -662,6 +678,9 @@ class LangfuseTracer(Tracer):
         stack = contextlib.ExitStack()
         try:
             scrubbed_metadata = self._payloads.metadata(metadata)
+            # Start from an empty OpenTelemetry context, so a run is always a new trace of its own,
+            # even when started inside another run (compare calling eval, say).
+            stack.callback(otel_context_api.detach, otel_context_api.attach(otel_context_api.Context()))
             root = stack.enter_context(
                 self._client.start_as_current_observation(
                     name=name, as_type="span", input=self._payloads.value(input), metadata=scrubbed_metadata
@@ -686,6 +705,7 @@ class LangfuseTracer(Tracer):
             if not finished:
                 notes.append(f"flush did not finish within {self._flush_timeout_s:g}s")
         problems = self._delivery.problems() + [" ".join(note.split()) for note in notes]
+        self._last_flush_ok = not problems
         if problems:
             print(f"warning: traces were not delivered to Langfuse at {self._host}: {'; '.join(problems)}", file=sys.stderr)
             return False
@@ -708,4 +728,11 @@ class LangfuseTracer(Tracer):
         if resources is not None:
             atexit.unregister(resources.shutdown)
             _forget_sdk_client(resources.public_key, resources)
-        _run_bounded(shutdown, self._flush_timeout_s, "slm-swap-trace-close")
+        bound_s = self._flush_timeout_s
+        if self._last_flush_ok is False:
+            # flush() already told the user Langfuse is unreachable: stop retrying (shutting the
+            # exporter down aborts its backoff) rather than spend the whole bound again.
+            with contextlib.suppress(Exception):
+                self._exporter.shutdown()
+            bound_s = min(bound_s, 1.0)
+        _run_bounded(shutdown, bound_s, "slm-swap-trace-close")

@@ -36,16 +36,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slm_swap.config import load_settings
-    from slm_swap.training.run import TrainRequest, train
-
     args = build_parser().parse_args(argv)
+    try:
+        manifest = _train(args)
+    except SlmSwapError as exc:
+        print(f"slm_swap.train: error: {exc}", file=sys.stderr)
+        return 2
+    if manifest is None:  # not the main process: it has nothing to report
+        return 0
+    print(
+        f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
+        f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
+        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']}"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> dict | None:
+    import os
+
+    from slm_swap.config import load_settings
+    from slm_swap.tracing import NullTracer, check_tracing_settings, open_tracer, trace_url
+    from slm_swap.training.run import TrainRequest, trace_input, train
+
+    settings = load_settings()
+    check_tracing_settings(settings)  # on every rank, before any work
+    main_process = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch; one trace per run
     request = TrainRequest(
         track=args.track,
         train_path=Path(args.train),
         val_path=Path(args.val),
         out_dir=Path(args.out),
-        model_path=Path(load_settings().slm_model_path),
+        model_path=Path(settings.slm_model_path),
         backend=args.backend,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -53,17 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps,
         save_steps=args.save_steps,
     )
-    try:
-        manifest = train(request)
-    except SlmSwapError as exc:
-        print(f"slm_swap.train: error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
-        f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
-        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']}"
-    )
-    return 0
+    metadata = {"command": "train", "prefect_flow_run_id": settings.prefect_flow_run_id}
+    with (open_tracer(settings) if main_process else NullTracer()) as tracer:
+        with tracer.run(f"train {args.track}", input=trace_input(request), metadata=metadata) as run:
+            manifest = train(request, trace=run)
+        tracer.flush()
+    if not main_process:
+        return None
+    if run.trace_id:
+        url = trace_url(settings, run.trace_id)
+        print(f"langfuse trace (train): {run.trace_id}" + (f" {url}" if url else ""), file=sys.stderr)
+    return manifest
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Tests that need tracing override this with monkeypatch.
 os.environ.setdefault("LANGFUSE_DISABLED", "1")
 
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -58,3 +60,28 @@ def xlam_data_dir(tmp_path_factory):
     assert main(["prepare", "--source", "xlam", "--dataset-path", str(fixture), "--train", "20", "--val", "4",
                  "--test", "12", "--out-dir", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """No proxies, no SDK switches from the developer's shell, and no connection past 127.0.0.1."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    for name in ("OTEL_SDK_DISABLED", "LANGFUSE_TRACING_ENABLED", "OTEL_EXPORTER_OTLP_HEADERS",
+                 "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "LANGFUSE_BASE_URL", "LANGFUSE_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+
+    refused: list[object] = []
+    original_connect = socket.socket.connect
+
+    def guarded_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
+            refused.append(address)
+            raise ConnectionRefusedError(f"test guard: no connections beyond 127.0.0.1 ({address!r})")
+        return original_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield
+    assert not refused, f"something tried to reach beyond 127.0.0.1: {refused}"

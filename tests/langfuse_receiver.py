@@ -87,7 +87,9 @@ class LangfuseReceiver:
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.server = _Server(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, name="langfuse-receiver", daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, and tests start many receivers.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                                       name="langfuse-receiver", daemon=True)
 
     @property
     def port(self) -> int:

@@ -17,7 +17,7 @@ class HyperParams:
     # Not fixed by the seed: chosen so 32 rows make a handful of steps on 1 or 4 devices.
     per_device_batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.0
+    warmup_steps: float = 0  # a float < 1 is a fraction of the total steps (transformers 5)
     seed: int = 0
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -21,6 +21,7 @@ from slm_swap.prompts import check_track
 from slm_swap.training.backends import choose_backend, load_for_training
 from slm_swap.training.data import load_training_rows, tokenize_rows
 from slm_swap.training.hyperparams import HyperParams
+from slm_swap.tracing import NullRun, Run
 
 MANIFEST = "slm_swap_adapter.json"
 SAMPLING = ("group_by_length", "random")
@@ -76,8 +77,23 @@ def _strategy() -> tuple[str, int]:
     return kind, state.num_processes
 
 
-def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
-    """Train and write `<out>/` (PEFT adapter + manifest); returns the manifest."""
+def trace_input(request: TrainRequest) -> dict[str, Any]:
+    """What a training trace records before anything runs."""
+    return {
+        "track": request.track,
+        "train_path": str(request.train_path),
+        "val_path": str(request.val_path),
+        "adapter_path": str(request.out_dir),
+        "base_model": str(request.model_path),
+        "hyperparameters": request.hp.as_dict(),
+        "sampling": request.sampling,
+        "resume": request.resume,
+    }
+
+
+def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
+    """Train and write `<out>/` (PEFT adapter + manifest); returns the manifest. Losses are
+    recorded on `trace` as they are logged, the manifest as its output."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -100,7 +116,7 @@ def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
         max_steps=request.max_steps,
         learning_rate=hp.learning_rate,
         lr_scheduler_type="linear",
-        warmup_ratio=hp.warmup_ratio,
+        warmup_steps=hp.warmup_steps,
         per_device_train_batch_size=hp.per_device_batch_size,
         per_device_eval_batch_size=hp.per_device_batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
@@ -118,14 +134,15 @@ def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
         bf16=cuda,
         use_cpu=not cuda,
         deepspeed=deepspeed_file,  # "auto" values in the JSON are filled from these arguments
-        gradient_checkpointing=backend == "bnb",
+        activation_checkpointing=backend == "bnb",
         disable_tqdm=False,
     )
 
-    class ForwardLogs(TrainerCallback):
+    class TraceLosses(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if on_log and logs and state.is_world_process_zero:
-                on_log(state.global_step, logs)
+            if logs and state.is_world_process_zero and "loss" in logs:
+                trace.event("train_step", metadata={"step": state.global_step, "loss": logs["loss"],
+                                                    "learning_rate": logs.get("learning_rate")})
 
     trainer = SFTTrainer(
         model=model,
@@ -133,7 +150,7 @@ def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples),
         processing_class=tokenizer,
-        callbacks=[ForwardLogs()],
+        callbacks=[TraceLosses()],
     )
     val_loss_before = trainer.evaluate()["eval_loss"]
     resume_from = _latest_checkpoint(request.checkpoints_dir()) if request.resume else None
@@ -164,7 +181,11 @@ def train(request: TrainRequest, on_log=None) -> dict[str, Any]:
         "train_tokens_per_s": round(tokens / duration, 1) if duration > 0 else None,
         "resumed_from": str(resume_from) if resume_from else None,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "langfuse_trace_id": trace.trace_id,
     }
+    for name in ("train_loss", "val_loss_before", "val_loss"):
+        trace.score(name, manifest[name])
+    trace.update(output=manifest)
     if trainer.is_world_process_zero():
         _publish_adapter(trainer.model, tokenizer, Path(request.out_dir), manifest)
     trainer.accelerator.wait_for_everyone()

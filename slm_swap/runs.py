@@ -1,0 +1,100 @@
+"""Eval and compare as traced runs: what `slm-swap eval|compare` and the Prefect tasks call.
+
+Each opens a tracer first (so missing Langfuse settings stop the command before any model is
+loaded or request sent), runs the library function inside one trace, flushes within a bound, and
+returns the result with its `langfuse_trace_id`. The fine-tune's trace is opened by the training
+process itself (`slm_swap.train`), on the main rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from slm_swap.clients import build_client
+from slm_swap.compare import Decision, decide
+from slm_swap.config import Settings
+from slm_swap.evaluate import run_eval
+from slm_swap.fileio import sha256_file
+from slm_swap.tracing import open_tracer, trace_url
+
+
+def _announce(settings: Settings, kind: str, trace_id: str | None) -> None:
+    if trace_id:
+        url = trace_url(settings, trace_id)
+        print(f"langfuse trace ({kind}): {trace_id}" + (f" {url}" if url else ""), file=sys.stderr)
+
+
+def traced_eval(
+    settings: Settings,
+    *,
+    track: str,
+    split: str,
+    data_dir: Path,
+    out: Path,
+    model_kind: str,
+    adapter: Path | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    max_errors: int | None = None,
+    concurrency: int = 8,
+    timeout_s: float = 60.0,
+    max_retries: int = 4,
+    batch_size: int = 8,
+    progress: bool = True,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """One eval run in one trace; returns the metrics document (with `langfuse_trace_id`)."""
+    with open_tracer(settings) as tracer:
+        client = build_client(model_kind, settings, adapter=adapter, concurrency=concurrency, timeout_s=timeout_s,
+                              max_retries=max_retries, batch_size=batch_size)
+        rows_path = Path(data_dir) / track / f"{split}.jsonl"
+        trace_input = {
+            "track": track,
+            "split": split,
+            "dataset_path": str(rows_path),
+            "dataset_sha256": sha256_file(rows_path) if rows_path.is_file() else None,
+            "model_kind": model_kind,
+            "model_identity": client.identity,
+            "adapter": str(adapter) if adapter else None,
+            "metrics_path": str(out),
+            "limit": limit,
+        }
+        metadata = {"command": "eval", "resume": resume, "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
+        with tracer.run(f"eval {track} {model_kind}{' ft' if adapter else ''}", input=trace_input, metadata=metadata) as run:
+            document = run_eval(track=track, split=split, data_dir=data_dir, out=out, client=client, adapter=adapter,
+                                limit=limit, resume=resume, max_errors=max_errors, progress=progress, trace=run)
+        tracer.flush()
+    _announce(settings, "eval", document["langfuse_trace_id"])
+    return document
+
+
+def traced_compare(
+    settings: Settings,
+    *,
+    track: str,
+    reference_path: Path,
+    candidate_path: Path,
+    delta: float,
+    flow_run_id: str | None = None,
+) -> Decision:
+    """The decision, recorded as a Langfuse event with the per-metric gaps."""
+    with open_tracer(settings) as tracer:
+        trace_input = {"track": track, "azure_metrics": str(reference_path), "slm_metrics": str(candidate_path), "delta": delta}
+        metadata = {"command": "compare", "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
+        with tracer.run(f"compare {track}", input=trace_input, metadata=metadata) as run:
+            decision = dataclasses.replace(decide(track, reference_path, candidate_path, delta), langfuse_trace_id=run.trace_id)
+            summary = decision.as_dict()
+            run.event("decision", metadata={
+                "FINE_TUNE": int(decision.fine_tune),
+                "delta": delta,
+                "trailing": decision.trailing,
+                "gaps": {name: m["gap"] for name, m in summary["metrics"].items()},
+            })
+            run.score("fine_tune", float(decision.fine_tune))
+            run.update(output=summary)
+        tracer.flush()
+    _announce(settings, "compare", decision.langfuse_trace_id)
+    return decision

@@ -1,0 +1,158 @@
+"""What eval, compare and train send to Langfuse, decoded by a real receiver on 127.0.0.1.
+
+The commands run as users run them (`slm-swap eval|compare`, `slm_swap.train`), with LANGFUSE_*
+pointing at the receiver and AZURE_* at an OpenAI-compatible stub.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from langfuse_receiver import LangfuseReceiver
+from openai_stub import OpenAIStub
+from slm_swap.cli import main
+from slm_swap.data.examples import load_rows
+from slm_swap.train import main as train_main
+
+pytestmark = pytest.mark.usefixtures("loopback_only")
+PUBLIC_KEY, SECRET_KEY = "pk-lf-commands", "sk-lf-commands-SECRET-93b1"
+AZURE_KEY = "azure-commands-SECRET-77d2e4"
+
+
+@pytest.fixture
+def env(monkeypatch, xlam_data_dir):
+    def configure(receiver: LangfuseReceiver | None, stub: OpenAIStub | None = None):
+        for key in ("LANGFUSE_DISABLED", "HOSTED_BASE_URL", "AZURE_DEPLOYMENT", "PREFECT__FLOW_RUN_ID"):
+            monkeypatch.delenv(key, raising=False)
+        if receiver:
+            monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY)
+            monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
+            monkeypatch.setenv("LANGFUSE_HOST", receiver.url)
+        if stub:
+            monkeypatch.setenv("AZURE_ENDPOINT", f"{stub.url}/openai/deployments/gpt")
+            monkeypatch.setenv("AZURE_API_KEY", AZURE_KEY)
+    return configure
+
+
+def gold(xlam_data_dir, track="toolcall"):
+    rows = load_rows(xlam_data_dir / track / "test.jsonl")
+    answers = {row["prompt"]: row["completion"] if i % 2 else "nope" for i, row in enumerate(rows)}
+    return lambda messages: answers[messages[-1]["content"]]
+
+
+def attributes(span):
+    return span["attributes"]
+
+
+def decoded(span, name):
+    return json.loads(span["attributes"][name])
+
+
+def eval_cmd(data_dir, out, *extra):
+    return ["eval", "--track", "toolcall", "--model-kind", "azure", "--data-dir", str(data_dir), "--out", str(out),
+            "--limit", "4", *extra]
+
+
+def test_eval_and_compare_traces(env, xlam_data_dir, tmp_path, capsys, monkeypatch):
+    with LangfuseReceiver() as receiver, OpenAIStub(gold(xlam_data_dir)) as stub:
+        env(receiver, stub)
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-7")
+        assert main(eval_cmd(xlam_data_dir, tmp_path / "a.json")) == 0
+        assert main(eval_cmd(xlam_data_dir, tmp_path / "b.json")) == 0
+        assert main(["compare", "--track", "toolcall", "--azure", str(tmp_path / "a.json"), "--slm", str(tmp_path / "b.json")]) == 0
+        assert receiver.wait_until(lambda r: len(r.trace_ids()) == 3)
+    metrics = json.loads((tmp_path / "a.json").read_text())
+    trace_id = metrics["langfuse_trace_id"]
+    assert trace_id and f"langfuse trace (eval): {trace_id} {receiver.url}/trace/{trace_id}" in capsys.readouterr().err
+
+    spans = [s for s in receiver.spans if s["trace_id"] == trace_id]
+    root = next(s for s in spans if s["parent_span_id"] is None)
+    assert attributes(root)["langfuse.trace.name"] == "eval toolcall azure"
+    trace_input = decoded(root, "langfuse.observation.input")
+    assert trace_input["track"] == "toolcall" and trace_input["model_kind"] == "azure"
+    assert trace_input["dataset_path"] == str(xlam_data_dir / "toolcall" / "test.jsonl")
+    assert trace_input["dataset_sha256"] == metrics["dataset"]["sha256"]
+    assert trace_input["metrics_path"] == str(tmp_path / "a.json")
+    assert decoded(root, "langfuse.observation.metadata.prefect_flow_run_id") == "flow-run-7"
+    output = decoded(root, "langfuse.observation.output")
+    assert output["valid_call_rate"] == metrics["valid_call_rate"] == 0.5
+    examples = sorted((s for s in spans if s["parent_span_id"] == root["span_id"]), key=lambda s: s["name"])
+    assert [s["name"] for s in examples] == ["example-0", "example-1", "example-2", "example-3"]
+    assert attributes(examples[0])["langfuse.observation.output"] == "nope"  # a string is sent as is
+    assert decoded(examples[0], "langfuse.observation.metadata.valid_call") is False
+    assert decoded(examples[1], "langfuse.observation.metadata.valid_call") is True
+    scores = {s["name"]: s["value"] for s in receiver.scores if s["traceId"] == trace_id}
+    assert scores == {"valid_call_rate": 0.5, "name_match_rate": 0.5, "args_exact_rate": 0.5}
+
+    compare_id = (receiver.trace_ids() - {trace_id, json.loads((tmp_path / "b.json").read_text())["langfuse_trace_id"]}).pop()
+    decision = next(s for s in receiver.spans if s["trace_id"] == compare_id and s["name"] == "decision")
+    assert attributes(decision)["langfuse.observation.type"] == "event"
+    assert decoded(decision, "langfuse.observation.metadata.FINE_TUNE") == 0
+    assert decoded(decision, "langfuse.observation.metadata.delta") == 0.01
+    assert decoded(decision, "langfuse.observation.metadata.gaps") == {"valid_call_rate": 0.0, "name_match_rate": 0.0, "args_exact_rate": 0.0}
+    assert {s["name"]: s["value"] for s in receiver.scores if s["traceId"] == compare_id} == {"fine_tune": 0.0}
+
+    for request in receiver.requests:  # no secret on the wire (the auth header carries the Langfuse keys)
+        body = request["body"].decode("utf-8", "replace")
+        assert AZURE_KEY not in body and SECRET_KEY not in body
+        assert all(AZURE_KEY not in v and SECRET_KEY not in v for k, v in request["headers"].items() if k != "authorization")
+
+
+def test_train_trace_and_manifest_id(env, xlam_data_dir, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "adapter_toolcall"
+    with LangfuseReceiver() as receiver:
+        env(receiver)
+        monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
+        assert train_main(["--track", "toolcall", "--train", str(xlam_data_dir / "toolcall" / "train.jsonl"),
+                           "--val", str(xlam_data_dir / "toolcall" / "val.jsonl"), "--out", str(out), "--max-steps", "2"]) == 0
+        assert receiver.wait_until(lambda r: len(r.trace_ids()) == 1)
+    manifest = json.loads((out / "slm_swap_adapter.json").read_text())
+    assert receiver.trace_ids() == {manifest["langfuse_trace_id"]}
+    root = next(s for s in receiver.spans if s["parent_span_id"] is None)
+    trace_input = decoded(root, "langfuse.observation.input")
+    assert trace_input["adapter_path"] == str(out) and trace_input["train_path"].endswith("toolcall/train.jsonl")
+    assert trace_input["hyperparameters"]["lora_r"] == 64
+    output = decoded(root, "langfuse.observation.output")
+    assert output["backend"] == "cpu" and output["strategy"] == "no" and output["world_size"] == 1
+    steps = [s for s in receiver.spans if s["name"] == "train_step"]
+    assert sorted(decoded(s, "langfuse.observation.metadata.step") for s in steps) == [1, 2]
+    scores = {s["name"] for s in receiver.scores}
+    assert scores == {"train_loss", "val_loss_before", "val_loss"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--track", "toolcall", "--azure", "a.json", "--slm", "b.json"],
+    ["train", "--track", "toolcall"],
+])
+def test_missing_langfuse_settings_stop_commands(env, argv, monkeypatch, capsys):
+    env(None)
+    for key in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "LANGFUSE_SECRET_KEY, LANGFUSE_HOST" in err[0] and "LANGFUSE_DISABLED=1" in err[0]
+
+
+def test_missing_settings_stop_eval_before_any_request(env, xlam_data_dir, tmp_path, monkeypatch, capsys):
+    with OpenAIStub(gold(xlam_data_dir)) as stub:
+        env(None, stub)
+        for key in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_HOST"):
+            monkeypatch.delenv(key, raising=False)
+        assert main(eval_cmd(xlam_data_dir, tmp_path / "a.json")) == 2
+    assert stub.requests == [] and not (tmp_path / "a.json").exists()
+    assert "LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_HOST" in capsys.readouterr().err
+
+
+def test_langfuse_down_eval_still_writes_its_results(env, xlam_data_dir, tmp_path, capsys):
+    with LangfuseReceiver(fail_with=503) as receiver, OpenAIStub(gold(xlam_data_dir)) as stub:
+        env(receiver, stub)
+        started = time.monotonic()
+        assert main(eval_cmd(xlam_data_dir, tmp_path / "a.json")) == 0
+        elapsed = time.monotonic() - started
+    assert json.loads((tmp_path / "a.json").read_text())["n"] == 4
+    assert "traces were not delivered" in capsys.readouterr().err
+    assert elapsed < 30  # bounded flush (10 s) plus bounded close
