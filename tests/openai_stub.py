@@ -10,20 +10,15 @@ recorded (path, query, lower-cased headers, body) for assertions.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-
-class _Server(ThreadingHTTPServer):
-    # A listen backlog of 128, not the default 5: concurrent clients must not wait on SYN retries.
-    request_queue_size = 128
-    daemon_threads = True
+from loopback_server import LoopbackServer
 
 
-class OpenAIStub:
+class OpenAIStub(LoopbackServer):
     def __init__(
         self,
         respond: Callable[[list[dict[str, Any]]], str] = lambda messages: "ok",
@@ -36,25 +31,7 @@ class OpenAIStub:
         self.retry_after = retry_after
         self.latency_s = latency_s
         self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "OpenAIStub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def _handler(self):
         stub = self
