@@ -17,6 +17,12 @@ import socket  # noqa: E402
 import pytest  # noqa: E402
 
 
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the informational lines commands print at start (resolved settings, the
+    tracing-off warning): what is left must be exactly the one error line."""
+    return [line for line in stderr.splitlines() if not line.startswith(("settings: ", "warning: LANGFUSE_DISABLED"))]
+
+
 @pytest.fixture(scope="session")
 def embedded_model_dir():
     """The converted embedded model at its default location (converted once, then reused)."""

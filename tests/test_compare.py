@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import error_lines
 from slm_swap.cli import main
 from slm_swap.compare import mcnemar_exact
 from slm_swap.data.examples import structured_completion, toolcall_completion
@@ -81,7 +82,7 @@ def test_refuses_mismatched_inputs(tmp_path, capsys):
     for label, (other, message) in cases.items():
         assert run("toolcall", azure, other) == 2, label
         err = capsys.readouterr().err
-        errors = [line for line in err.splitlines() if not line.startswith("warning: LANGFUSE_DISABLED")]
+        errors = error_lines(err)
         assert len(errors) == 1 and message in errors[0], label
 
 

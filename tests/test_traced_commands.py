@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import error_lines
 from langfuse_receiver import LangfuseReceiver
 from openai_stub import OpenAIStub
 from slm_swap.cli import main
@@ -133,7 +134,7 @@ def test_missing_langfuse_settings_stop_commands(env, argv, monkeypatch, capsys)
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "LANGFUSE_SECRET_KEY, LANGFUSE_HOST" in err[0] and "LANGFUSE_DISABLED=1" in err[0]
 
 
