@@ -146,6 +146,39 @@ def cmd_prompts_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """The Prefect flow `slm-swap-pipeline`, in this process (its runs show in the Prefect UI when
+    PREFECT_API_URL points at a server)."""
+    from pydantic import ValidationError
+
+    from slm_swap.pipeline import PipelineConfig
+
+    try:
+        config = PipelineConfig.model_validate({
+            "tracks": args.tracks, "split": args.split, "delta": args.delta, "finetune": args.finetune,
+            "data": {"source": args.source, "dataset_path": args.dataset_path, "categories": args.category or []},
+            "data_dir": args.data_dir, "eval_dir": args.out_dir, "ft_dir": args.ft_dir,
+            "accelerate_config": args.accelerate_config, "limit": args.limit, "max_steps": args.max_steps,
+            "reuse_max_age_hours": args.reuse_max_age_hours, "finetune_deployment": args.finetune_deployment or None,
+            "concurrency": args.concurrency, "timeout_s": args.timeout,
+        })
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "config"
+        raise SlmSwapError(f"pipeline: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+    from flows.pipeline import PipelineFailed, run_pipeline
+
+    try:
+        flow_run_id, summary = run_pipeline(config)
+    except PipelineFailed as exc:
+        print(f"slm-swap: pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    print(summary["decisions_text"])
+    print(f"report: {summary['report']['markdown']} {summary['report']['chart']}")
+    print(f"flow run: {flow_run_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slm_swap.clients import MAX_NEW_TOKENS
     from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
@@ -240,13 +273,50 @@ def build_parser() -> argparse.ArgumentParser:
     export = prompts_commands.add_parser("export", help="write the templates as JSON (for the Mastra client)")
     export.add_argument("--out", default="-", help="file, or - for stdout (default: %(default)s)")
     export.set_defaults(func=cmd_prompts_export)
+
+    pipe = commands.add_parser("pipeline", help="the whole job as a Prefect flow: evals, compare, fine-tune where needed, re-eval, report")
+    pipe.add_argument("--tracks", nargs="+", choices=TRACKS, default=list(TRACKS), help="(default: both)")
+    pipe.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
+    pipe.add_argument("--delta", type=float, default=0.01, help="largest gap tolerated on a core metric (default: %(default)s)")
+    pipe.add_argument("--finetune", default="auto", choices=("auto", "always", "never"),
+                      help="auto: fine-tune where compare says FINE_TUNE=1 (default: %(default)s)")
+    pipe.add_argument("--source", default="prepared", choices=("prepared", "bfcl", "xlam"),
+                      help="prepared: use --data-dir as it is; bfcl|xlam: build it first (default: %(default)s)")
+    pipe.add_argument("--dataset-path", help="--source xlam: the xLAM-60k file")
+    pipe.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
+    pipe.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="(default: %(default)s)")
+    pipe.add_argument("--out-dir", default=str(DEFAULT_EVAL_DIR), help="eval folder: metrics files and the report (default: %(default)s)")
+    pipe.add_argument("--ft-dir", default=str(DEFAULT_FT_DIR), help="(default: %(default)s)")
+    pipe.add_argument("--accelerate-config", help="default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml")
+    pipe.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    pipe.add_argument("--max-steps", type=int, default=-1, help="cap training steps (default: one epoch)")
+    pipe.add_argument("--concurrency", type=int, default=8, help="hosted: parallel requests (default: %(default)s)")
+    pipe.add_argument("--timeout", type=float, default=60.0, help="hosted: seconds per request (default: %(default)s)")
+    pipe.add_argument("--reuse-max-age-hours", type=float, default=12.0,
+                      help="reuse finished evals/adapters with identical inputs up to this age; 0: never (default: %(default)s)")
+    pipe.add_argument("--finetune-deployment", default="slm-swap-finetune/gpu",
+                      help="train through this deployment when the Prefect server has it, else in-process; '' for always in-process (default: %(default)s)")
+    pipe.set_defaults(func=cmd_pipeline)
     return parser
+
+
+# Commands whose behaviour depends on the environment: they say at start what they resolved.
+COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline")
+
+
+def _log_settings() -> None:
+    from slm_swap.config import load_settings
+
+    view = {k: v for k, v in load_settings().public_view().items() if v not in (None, "unset", False)}
+    print("settings: " + json.dumps(view, sort_keys=True), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in COMMANDS_THAT_USE_SETTINGS:
+            _log_settings()
         return args.func(args)
     except SlmSwapError as exc:
         print(f"slm-swap: error: {exc}", file=sys.stderr)

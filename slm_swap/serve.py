@@ -36,6 +36,7 @@ from slm_swap.errors import SlmSwapError
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOKENS_CAP = 2048
+DISCONNECT_POLL_S = 1.0  # how often a waiting request checks whether its client is still there
 
 
 def check_adapter_name(name: str) -> str:
@@ -123,6 +124,10 @@ class ModelWorker:
             self._generate(batch)
 
     def _generate(self, batch: list[_Job]) -> None:
+        # Callers that hung up (client timeout) cancelled their futures: don't spend the CPU on them.
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         try:
             prompts = [self.model.render(job.messages) for job in batch]
             results = self.model.generate(prompts, adapter=batch[0].adapter, max_new_tokens=batch[0].max_tokens)
@@ -198,8 +203,15 @@ def create_app(
         if not 1 <= max_tokens <= MAX_TOKENS_CAP:
             return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
         messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]
+        future = worker.submit(_Job(messages, served[name], max_tokens))
+        waiting = asyncio.wrap_future(future)
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            if not waiting.done() and await request.is_disconnected():
+                future.cancel()  # still queued: the worker skips it; already running: it finishes unused
+                return _error(499, "Client closed the request.", "invalid_request_error")
         try:
-            result = await asyncio.wrap_future(worker.submit(_Job(messages, served[name], max_tokens)))
+            result = waiting.result()
         except Exception as exc:
             return _error(500, f"Generation failed: {type(exc).__name__}: {exc}", "server_error")
         return JSONResponse(

@@ -1,0 +1,187 @@
+"""The deployments end to end, as on the GPU box: a real `prefect server start` (free port, SQLite in
+a temp PREFECT_HOME), `deployments/setup_work_pools.sh` (work pools `default` and `gpu`, the
+`slm-gpu` limit, `prefect deploy --all` from prefect.yaml), process workers started outside the
+checkout (the pull step must move flow runs into it), then:
+
+1. `prefect deployment run 'slm-swap-finetune/gpu' --param ... --watch` trains an adapter;
+2. `prefect deployment run 'slm-swap-pipeline/nightly' --params ... --watch` runs the parent on the
+   `default` pool, which starts the fine-tune as the `gpu` deployment (a subflow under the parent).
+
+Tiny model, xLAM fixture data, an OpenAI-compatible stub as the hosted side; seconds of training.
+Server and workers are always stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+
+from openai_stub import OpenAIStub
+from slm_swap.training.launch import CPU_CONFIG
+from slm_swap.training.run import MANIFEST
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, first: int = signal.SIGINT, grace_s: float = 20.0) -> None:
+    """Stop a process we started and everything it started (its own session / process group)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, first)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str], cwd: Path, log: Path, first_signal: int = signal.SIGINT):
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield process
+        finally:
+            stop(process, first_signal)
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def api(env: dict[str, str], method: str, path: str, body: dict | None = None):
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture
+def prefect_env(tmp_path, tiny_model_dir):
+    """Environment for the server, the CLI and the workers: nothing of the developer's Prefect profile."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PWD": str(REPO),  # what prefect.yaml's {{ $PWD }} becomes: this checkout
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # this venv's prefect
+        "SLM_MODEL_PATH": str(tiny_model_dir),
+        "LANGFUSE_DISABLED": "1",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    })
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "AZURE_ENDPOINT", "AZURE_API_KEY", "AZURE_DEPLOYMENT", "PREFECT__FLOW_RUN_ID"):
+        env.pop(name, None)
+    with started([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path,
+                 tmp_path / "server.log", first_signal=signal.SIGTERM):
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(env["PREFECT_API_URL"] + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield env
+
+
+def flow_run_id_from(output: str) -> UUID:
+    return UUID(re.search(r"UUID: ([0-9a-f-]{36})", output).group(1))
+
+
+def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_path):
+    env = prefect_env
+    setup = subprocess.run(["bash", "deployments/setup_work_pools.sh"], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+    assert "slm-swap-pipeline/nightly" in setup.stdout and "slm-swap-finetune/gpu" in setup.stdout
+    pools = {pool["name"]: pool["type"] for pool in api(env, "POST", "/work_pools/filter", {})}
+    assert pools["gpu"] == "process" and pools["default"] == "process"
+    assert api(env, "GET", "/v2/concurrency_limits/tag:slm-gpu")["limit"] == 1
+
+    nightly = json.loads(prefect(env, "deployment", "inspect", "slm-swap-pipeline/nightly", "--output", "json").stdout)
+    (schedule,) = nightly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "Europe/Berlin"
+    assert nightly["work_pool_name"] == "default"
+    gpu = json.loads(prefect(env, "deployment", "inspect", "slm-swap-finetune/gpu", "--output", "json").stdout)
+    assert gpu["work_pool_name"] == "gpu" and gpu["tags"] == ["gpu"]
+    assert gpu["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+
+    ft_dir, eval_dir = tmp_path / "04_ft", tmp_path / "05_eval"
+    workers = tmp_path / "workers"  # outside the checkout: the pull step must move flow runs into it
+    workers.mkdir()
+    responses = {}
+    for line in (xlam_data_dir / "toolcall" / "test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        responses[row["prompt"]] = row["completion"]
+    with OpenAIStub(lambda messages: responses.get(messages[-1]["content"], "no idea")) as stub:
+        worker_env = {**env, "HOSTED_BASE_URL": f"{stub.url}/v1", "HOSTED_MODEL": "hosted-stub"}
+        with started([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"], worker_env, workers,
+                     tmp_path / "worker-gpu.log"), \
+             started([PREFECT, "worker", "start", "--pool", "default", "--type", "process"], worker_env, workers,
+                     tmp_path / "worker-default.log"):
+            # 1. The fine-tune deployment on the gpu pool, as CI or a person would start it.
+            run = prefect(env, "deployment", "run", "slm-swap-finetune/gpu", "--param", "track=toolcall",
+                          "--param", f"data_dir={xlam_data_dir}", "--param", f"ft_dir={ft_dir}",
+                          "--param", f"accelerate_config={CPU_CONFIG}", "--param", "max_steps=2",
+                          "--watch", "--watch-timeout", "300", timeout=400)
+            logs = (tmp_path / "worker-gpu.log").read_text()
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-4000:]
+            assert "Flow run finished successfully in 'Completed'" in run.stdout
+            finetune_run = api(env, "GET", f"/flow_runs/{flow_run_id_from(run.stdout)}")
+            assert finetune_run["state"]["type"] == "COMPLETED" and finetune_run["name"] == "finetune-toolcall"
+            manifest = json.loads((ft_dir / "adapter_toolcall" / MANIFEST).read_text())
+            assert manifest["steps"] == 2 and manifest["backend"] == "cpu"
+            assert (ft_dir / "adapter_toolcall" / "adapter_config.json").is_file()
+
+            # 2. The pipeline deployment on the default pool: it starts the fine-tune as the gpu deployment.
+            config = {"tracks": ["toolcall"], "finetune": "always", "limit": 3, "max_steps": 2,
+                      "accelerate_config": str(CPU_CONFIG), "data_dir": str(xlam_data_dir),
+                      "eval_dir": str(eval_dir), "ft_dir": str(ft_dir)}
+            run = prefect(env, "deployment", "run", "slm-swap-pipeline/nightly", "--params", json.dumps({"config": config}),
+                          "--watch", "--watch-timeout", "300", timeout=400)
+            logs = (tmp_path / "worker-default.log").read_text()
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-6000:]
+            parent_id = flow_run_id_from(run.stdout)
+
+    parent = api(env, "GET", f"/flow_runs/{parent_id}")
+    assert parent["state"]["type"] == "COMPLETED" and parent["deployment_id"] == nightly["id"]
+    (child,) = api(env, "POST", "/flow_runs/filter",
+                   {"flow_runs": {"parent_flow_run_id": {"any_": [str(parent_id)]}}})
+    assert child["deployment_id"] == gpu["id"] and child["state"]["type"] == "COMPLETED" and "gpu" in child["tags"]
+    tracker = api(env, "GET", f"/task_runs/{child['parent_task_run_id']}")
+    assert tracker["flow_run_id"] == str(parent_id)  # the subflow sits under the parent
+    assert json.loads((eval_dir / "toolcall_slm_ft_test.json").read_text())["n"] == 3
+    assert (eval_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # The subflow reused the adapter trained a minute ago (same data, base model and step cap).
+    assert json.loads((ft_dir / "adapter_toolcall" / MANIFEST).read_text()) == manifest
