@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import error_lines
 from slm_swap.cli import main
 from slm_swap.data.examples import load_rows
 from slm_swap.errors import SlmSwapError
@@ -126,7 +127,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(xlam_data_dir, tiny_mo
         capture_output=True, text=True, env={**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}, timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"slm_swap.train: error: {tmp_path / 'missing.jsonl'}: no such dataset file"]
+    assert error_lines(result.stderr) == [f"slm_swap.train: error: {tmp_path / 'missing.jsonl'}: no such dataset file"]
 
 
 def test_launch_configs_load_with_accelerates_own_parsers():
