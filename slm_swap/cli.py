@@ -33,26 +33,13 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from slm_swap.data.prepare import SplitSizes, prepare
+    from slm_swap.data.prepare import SplitSizes, load_source, prepare
 
-    if args.source == "xlam":
-        from slm_swap.data.xlam import load_xlam
-        from slm_swap.fileio import sha256_file
-
-        if not args.dataset_path:
-            raise SlmSwapError("--source xlam needs --dataset-path FILE (the xLAM-60k JSON file)")
-        if args.category:
-            raise SlmSwapError("--category applies to --source bfcl only")
-        examples, skipped = load_xlam(Path(args.dataset_path))
-        source = {"name": "xlam", "path": str(args.dataset_path), "sha256": sha256_file(Path(args.dataset_path))}
-    else:
-        from slm_swap.data.bfcl import BFCL_VERSION, DEFAULT_CATEGORIES, load_bfcl
-
-        if args.dataset_path:
-            raise SlmSwapError("--dataset-path applies to --source xlam only (BFCL data comes from the bfcl-eval package)")
-        categories = tuple(args.category or DEFAULT_CATEGORIES)
-        examples, skipped = load_bfcl(categories)
-        source = {"name": "bfcl", "package_version": BFCL_VERSION, "categories": list(categories)}
+    if args.source == "xlam" and args.category:
+        raise SlmSwapError("--category applies to --source bfcl only")
+    if args.source == "bfcl" and args.dataset_path:
+        raise SlmSwapError("--dataset-path applies to --source xlam only (BFCL data comes from the bfcl-eval package)")
+    examples, skipped, source = load_source(args.source, args.dataset_path, tuple(args.category or ()))
     sizes = SplitSizes(train=args.train, val=args.val, test=args.test)
     manifest = prepare(examples, skipped, source, Path(args.out_dir), sizes, args.seed)
     skipped_text = ", ".join(f"{k}={v}" for k, v in manifest["skipped"].items()) or "none"

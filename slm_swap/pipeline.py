@@ -142,21 +142,11 @@ def merge_tags(current: Iterable[str], new: Iterable[str]) -> list[str]:
 
 def prepare_dataset(data: DataSource, out_dir: Path) -> dict[str, Any] | None:
     """Build `out_dir` from the configured source (what `slm-swap prepare` does); None for `prepared`."""
-    from slm_swap.data.prepare import SplitSizes, prepare
+    from slm_swap.data.prepare import SplitSizes, load_source, prepare
 
     if data.source == "prepared":
         return None
-    if data.source == "xlam":
-        from slm_swap.data.xlam import load_xlam
-
-        examples, skipped = load_xlam(Path(data.dataset_path))
-        source = {"name": "xlam", "path": str(data.dataset_path), "sha256": sha256_file(Path(data.dataset_path))}
-    else:
-        from slm_swap.data.bfcl import BFCL_VERSION, DEFAULT_CATEGORIES, load_bfcl
-
-        categories = tuple(data.categories or DEFAULT_CATEGORIES)
-        examples, skipped = load_bfcl(categories)
-        source = {"name": "bfcl", "package_version": BFCL_VERSION, "categories": list(categories)}
+    examples, skipped, source = load_source(data.source, data.dataset_path, tuple(data.categories or ()))
     return prepare(examples, skipped, source, Path(out_dir), SplitSizes(train=data.train, val=data.val, test=data.test), data.seed)
 
 

@@ -111,6 +111,27 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def load_source(
+    name: str, dataset_path: Path | None = None, categories: tuple[str, ...] | None = None
+) -> tuple[list[Example], Counter, dict[str, Any]]:
+    """(examples, skip counts, provenance) for `bfcl` (embedded) or `xlam` (the user's file)."""
+
+    if name == "xlam":
+        from slm_swap.data.xlam import load_xlam
+
+        if not dataset_path:
+            raise SlmSwapError("--source xlam needs --dataset-path FILE (the xLAM-60k JSON file)")
+        examples, skipped = load_xlam(Path(dataset_path))
+        return examples, skipped, {"name": "xlam", "path": str(dataset_path), "sha256": sha256_file(Path(dataset_path))}
+    if name == "bfcl":
+        from slm_swap.data.bfcl import BFCL_VERSION, DEFAULT_CATEGORIES, load_bfcl
+
+        categories = tuple(categories or DEFAULT_CATEGORIES)
+        examples, skipped = load_bfcl(categories)
+        return examples, skipped, {"name": "bfcl", "package_version": BFCL_VERSION, "categories": list(categories)}
+    raise SlmSwapError(f"unknown source {name!r}: expected bfcl or xlam")
+
+
 def prepare(
     examples: list[Example],
     skipped: Counter,
