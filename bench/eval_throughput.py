@@ -1,7 +1,7 @@
-"""SLM eval throughput on the embedded model: batched generation vs a one-at-a-time `generate`
-loop, on 64 BFCL tool-call prompts, same greedy outputs required.
+"""SLM eval throughput on the embedded model: the eval's batched generation vs a one-at-a-time
+transformers `generate` loop, on 64 BFCL tool-call prompts, same greedy outputs required.
 
-    .venv/bin/python bench/eval_throughput.py [--prompts 64] [--batch-size 16] [--max-new-tokens 96]
+    .venv/bin/python bench/eval_throughput.py [--prompts 64] [--batch-size 64] [--max-new-tokens 256]
 
 Target: >= 6x examples/s with identical outputs.
 """
@@ -14,6 +14,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS  # noqa: E402
 from slm_swap.clients.local import LocalModel  # noqa: E402
 from slm_swap.data.bfcl import load_bfcl  # noqa: E402
 from slm_swap.models import fetch_embedded_model  # noqa: E402
@@ -23,15 +24,15 @@ from slm_swap.prompts import build_messages, build_prompt  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="default: the eval's own")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default: the eval's own limit")
     args = parser.parse_args()
     examples, _ = load_bfcl(("simple_python",))
     messages = [build_messages(build_prompt("toolcall", e.request, e.functions)) for e in examples[: args.prompts]]
     model = LocalModel(fetch_embedded_model(), max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
 
     started = time.perf_counter()
-    one_at_a_time = [model.generate([model.render(m)])[0].text for m in messages]
+    one_at_a_time = [model.reference_generate(model.render(m)) for m in messages]
     sequential = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -167,7 +167,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slm_swap.clients import MAX_NEW_TOKENS
+    from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS
     from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
     from slm_swap.models import EMBEDDED_MODEL_DIR
 
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--timeout", type=float, default=60.0, help="hosted: seconds per request (default: %(default)s)")
     ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
     ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
-    ev.add_argument("--batch-size", type=int, default=8, help="slm: prompts per generate call (default: %(default)s)")
+    ev.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="slm: prompts decoded together; lower it if memory runs out (default: %(default)s)")
     ev.set_defaults(func=cmd_eval)
 
     inf = commands.add_parser("infer", help="one request with the evaluation's messages; prints the raw text")

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slm_swap.clients import EVAL_BATCH_SIZE
 from slm_swap.compare import Decision
 from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR, Settings
 from slm_swap.errors import SlmSwapError
@@ -91,7 +92,7 @@ class PipelineConfig(BaseModel):
     max_steps: int = Field(-1, description="cap training at N optimizer steps (-1: the seed's one epoch)")
     concurrency: int = Field(8, ge=1, description="hosted: parallel requests")
     timeout_s: float = Field(60.0, gt=0, description="hosted: seconds per request (a CPU stand-in needs more)")
-    batch_size: int = Field(8, ge=1, description="SLM: prompts per generate call")
+    batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, description="SLM: prompts decoded together")
     reuse_max_age_hours: float = Field(
         12.0, ge=0, description="reuse a finished eval or adapter made from identical inputs at most this many hours ago "
         "(a crashed run, re-run, resumes; the nightly run re-evaluates); 0 turns reuse off"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slm_swap.clients import build_client
+from slm_swap.clients import EVAL_BATCH_SIZE, build_client
 from slm_swap.compare import Decision, decide
 from slm_swap.config import Settings
 from slm_swap.evaluate import run_eval
@@ -42,7 +42,7 @@ def traced_eval(
     concurrency: int = 8,
     timeout_s: float = 60.0,
     max_retries: int = 4,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     progress: bool = True,
     flow_run_id: str | None = None,
 ) -> dict[str, Any]:

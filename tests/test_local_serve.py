@@ -41,12 +41,24 @@ def bfcl_messages(n: int, track: str = "toolcall") -> list[list[dict[str, str]]]
 
 
 def test_batched_generation_equals_one_at_a_time_on_the_embedded_model(embedded_model_dir):
-    model = LocalModel(embedded_model_dir, max_new_tokens=24, batch_size=3)
-    messages = bfcl_messages(6)
-    one_at_a_time = [model.generate([model.render(m)])[0].text for m in messages]
+    # 13 prompts of different lengths (two prefill groups) where five stop early and the rest hit
+    # the token limit, so finished rows leave the batch mid-way: every output must still be what
+    # transformers' `generate` gives for that prompt alone.
+    model = LocalModel(embedded_model_dir, max_new_tokens=40, batch_size=13)
+    messages = bfcl_messages(13)
+    one_at_a_time = [model.reference_generate(model.render(m)) for m in messages]
     batched = {c.index: c.text for c in model.complete(messages)}
-    assert [batched[i] for i in range(6)] == one_at_a_time
+    assert [batched[i] for i in range(len(messages))] == one_at_a_time
     assert all(one_at_a_time)
+
+    streamed = [generation for _, generation in model.stream([model.render(m) for m in messages])]
+    reasons = {generation.finish_reason for generation in streamed}
+    assert reasons == {"stop", "length"}
+    # Each row comes out at the step it finishes (a stop token costs one step more than its text).
+    steps = [g.completion_tokens + (g.finish_reason == "stop") for g in streamed]
+    assert steps == sorted(steps) and steps[0] < steps[-1]
+    single = model.generate([model.render(messages[0])], max_new_tokens=3)[0]
+    assert (single.completion_tokens, single.finish_reason) == (3, "length")
 
 
 def test_adapter_changes_outputs_and_models_load_once(tiny_model_dir, tiny_adapter_dir):
