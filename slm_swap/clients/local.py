@@ -301,7 +301,7 @@ class _PreallocatedLayer(DynamicLayer):
     def clear(self, rows: range, mask: torch.Tensor) -> None:
         """Zero the masked-out entries of `rows`: attention ignores them but still multiplies them
         by zero, so they must not be left as NaN (uninitialised, or computed from padding)."""
-        hidden = (mask == 0)[:, None, :, None]
+        hidden = (mask == 0)[:, None, :, None].to(self.buffer_keys.device)  # layers may sit on other GPUs
         for buffer in (self.buffer_keys, self.buffer_values):
             region = buffer[rows.start : rows.stop, :, : mask.shape[1]]
             region.masked_fill_(hidden, 0)
@@ -320,6 +320,7 @@ class _PreallocatedLayer(DynamicLayer):
 
     def select_rows(self, rows: torch.Tensor, drop_columns: int) -> None:
         """Keep only `rows`, without the first `drop_columns` columns (a copy, unlike slicing)."""
+        rows = rows.to(self.buffer_keys.device)
         self.buffer_keys = self.buffer_keys[rows, :, drop_columns:]
         self.buffer_values = self.buffer_values[rows, :, drop_columns:]
         self.length -= drop_columns
