@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -110,14 +110,14 @@ class PipelineConfig(BaseModel):
         return list(dict.fromkeys(tracks))  # unique, in order
 
 
-def needs_training(decision: Decision | bool, mode: str) -> bool:
+def needs_training(decision: Decision, mode: str) -> bool:
     """The branching rule: `always` and `never` override; `auto` fine-tunes when the SLM trails."""
     if mode == "always":
         return True
     if mode == "never":
         return False
     if mode == "auto":
-        return bool(decision.fine_tune if isinstance(decision, Decision) else decision)
+        return bool(decision.fine_tune)
     raise SlmSwapError(f"unknown finetune mode {mode!r}: expected one of {', '.join(FINETUNE_MODES)}")
 
 
@@ -168,10 +168,6 @@ class EvalOutcome:
     @property
     def langfuse_trace_id(self) -> str | None:
         return self.metrics.get("langfuse_trace_id")
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}{'_ft' if self.adapter else ''}"
 
 
 def adapter_dir(config: PipelineConfig, track: str) -> Path:
@@ -341,7 +337,6 @@ class TrainingPlan:
     accelerate_config: Path | None = None
     max_steps: int = -1
     reuse_max_age_hours: float = 12.0
-    extra: list[str] = field(default_factory=list)
 
 
 def training_plan(config: PipelineConfig, track: str) -> TrainingPlan:
@@ -357,7 +352,7 @@ def training_command(plan: TrainingPlan) -> list[str]:
 
     return launch_command(track=plan.track, train=plan.train_path, val=plan.val_path, out=plan.out,
                           accelerate_config=plan.accelerate_config,
-                          extra=["--overwrite", "--max-steps", str(plan.max_steps), *plan.extra])
+                          extra=["--overwrite", "--max-steps", str(plan.max_steps)])
 
 
 def training_env(flow_run_id: str | None) -> dict[str, str]:

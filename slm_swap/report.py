@@ -8,13 +8,14 @@ into artifacts.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from slm_swap.compare import Decision, format_decision
-from slm_swap.fileio import atomic_write_text, write_json
+from slm_swap.fileio import atomic_write_bytes, atomic_write_text, write_json
 from slm_swap.metrics import AST_METRIC, CORE_METRICS
 
 SIDES = (("hosted", "hosted"), ("slm", "SLM"), ("slm_ft", "SLM fine-tuned"))
@@ -198,10 +199,9 @@ def write_chart(reports: list[TrackReport], path: Path) -> Path:
         ax.set_title(f"{report.track}: FINE_TUNE={int(report.decision.fine_tune)}"
                      + (f" -> {int(report.final.fine_tune)}" if report.final else ""))
         ax.legend(loc="upper center", ncol=len(sides), fontsize="small", frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    tmp.replace(path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    atomic_write_bytes(path, png.getvalue())
     return path
 
 
