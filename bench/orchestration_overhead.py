@@ -60,7 +60,7 @@ def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
         for kind in ("azure", "slm"):
             paths[kind] = default_out_path(eval_dir, track, kind, "test", None)
             documents[kind] = traced_eval(settings, track=track, split="test", data_dir=data_dir, out=paths[kind],
-                                          model_kind=kind, limit=limit, progress=False)
+                                          model_kind=kind, limit=limit, progress="off")
         decision = traced_compare(settings, track=track, reference_path=paths["azure"], candidate_path=paths["slm"], delta=0.01)
         reports.append(TrackReport(track, documents["azure"], documents["slm"], decision))
     write_report(reports, eval_dir)

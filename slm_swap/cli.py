@@ -70,9 +70,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from slm_swap.config import load_settings
     from slm_swap.prompts import build_messages, build_prompt
 
-    functions = json.loads(Path(args.functions).read_text()) if args.functions else []
-    if not isinstance(functions, list):
-        raise SlmSwapError(f"{args.functions}: expected a JSON list of function signatures")
+    from slm_swap.fileio import read_json
+
+    functions = read_json(Path(args.functions), "functions file") if args.functions else []
+    if not isinstance(functions, list) or not all(isinstance(fn, dict) for fn in functions):
+        raise SlmSwapError(f"{args.functions}: expected a JSON list of function signatures (objects)")
     client = build_client(args.model_kind, load_settings(), adapter=Path(args.adapter) if args.adapter else None)
     completion = next(iter(client.complete([build_messages(build_prompt(args.track, args.text, functions))])))
     if completion.error:
@@ -87,8 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     adapters = discover_adapters(Path(args.adapters_dir)) if args.adapters_dir else {}
     adapters.update(parse_adapter_specs(args.adapter or []))
-    model_path = Path(args.model_path) if args.model_path else load_settings().slm_model_path
-    serve(model_path, host=args.host, port=args.port, adapters=adapters, api_key=args.api_key,
+    settings = load_settings()
+    model_path = Path(args.model_path) if args.model_path else settings.slm_model_path
+    # The flag wins; SLM_SWAP_SERVE_API_KEY keeps the key out of argv. Never printed.
+    env_key = settings.slm_swap_serve_api_key
+    api_key = args.api_key or (env_key.get_secret_value() if env_key else None)
+    serve(model_path, host=args.host, port=args.port, adapters=adapters, api_key=api_key,
           model_name=args.model_name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     return 0
 
@@ -229,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-name", help="name the base model is served under (default: the checkpoint folder's name)")
     srv.add_argument("--adapter", action="append", metavar="NAME=DIR", help="serve a LoRA adapter as model NAME (repeatable)")
     srv.add_argument("--adapters-dir", help="also serve every <dir>/adapter_<track>/ as model <track>")
-    srv.add_argument("--api-key", help="require this key (Authorization: Bearer, or Azure's api-key header)")
+    srv.add_argument("--api-key", help="require this key (Authorization: Bearer, or Azure's api-key header); "
+                     "default: SLM_SWAP_SERVE_API_KEY, which is better: arguments are visible to anyone via `ps`")
     srv.add_argument("--batch-size", type=int, default=8, help="queued requests generated together (default: %(default)s)")
     srv.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default completion length cap (default: %(default)s)")
     srv.set_defaults(func=cmd_serve)
@@ -252,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--track", required=True, choices=TRACKS)
     comp.add_argument("--azure", required=True, help="hosted model's metrics file")
     comp.add_argument("--slm", required=True, help="local SLM's metrics file")
-    comp.add_argument("--delta", type=float, default=0.01, help="largest gap tolerated on a core metric (default: %(default)s)")
+    comp.add_argument("--delta", default="0.01",
+                      help="largest gap tolerated on a core metric, as a decimal; decided exactly on pass counts (default: %(default)s)")
     comp.set_defaults(func=cmd_compare)
 
     prompts = commands.add_parser("prompts", help="the prompt templates")
@@ -298,6 +306,18 @@ def _log_settings() -> None:
     print("settings: " + json.dumps(view, sort_keys=True), file=sys.stderr)
 
 
+def _scrubbed(text: str) -> str:
+    """An error line without any configured secret (a server may have echoed one into it)."""
+    from pydantic import ValidationError
+
+    from slm_swap.config import load_settings
+
+    try:
+        return load_settings().scrub(" ".join(text.split()))
+    except ValidationError:  # settings that do not parse hold no secret we could know
+        return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -306,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             _log_settings()
         return args.func(args)
     except SlmSwapError as exc:
-        print(f"slm-swap: error: {exc}", file=sys.stderr)
+        print(f"slm-swap: error: {_scrubbed(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the disk, not the input: full, read-only, a path that went away mid-run
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"slm-swap: error: {where}{_scrubbed(exc.strerror or str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slm-swap: interrupted", file=sys.stderr)

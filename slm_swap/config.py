@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from slm_swap.models import EMBEDDED_MODEL_DIR
 
+REDACTED = "[redacted]"
+# Shortest secret setting scrubbed by value wherever it appears; shorter ones would redact ordinary text.
+MIN_SECRET_CHARS = 8
+
 PACKAGE_DIR = Path(__file__).parent
 DEFAULT_DATA_DIR = PACKAGE_DIR / "02_dataset"
 DEFAULT_FT_DIR = PACKAGE_DIR / "04_ft"
@@ -38,6 +42,10 @@ class Settings(BaseSettings):
     )
     hosted_model: str | None = Field(None, description="Model name on HOSTED_BASE_URL's server.")
     hosted_api_key: SecretStr | None = Field(None, description="API key for HOSTED_BASE_URL (if it needs one).")
+    slm_swap_serve_api_key: SecretStr | None = Field(
+        None,
+        description="Key `slm-swap serve` requires when --api-key is not given (keeps it out of argv, which `ps` shows).",
+    )
     slm_model_path: Path = Field(
         EMBEDDED_MODEL_DIR, description="Local SLM checkpoint (Hugging Face format). Default: the embedded SmolLM2-135M-Instruct."
     )
@@ -50,6 +58,22 @@ class Settings(BaseSettings):
         validation_alias="PREFECT__FLOW_RUN_ID",
         description="Set by Prefect in flow-run processes; recorded in trace metadata to link the two.",
     )
+
+    def secret_values(self) -> list[str]:
+        """Every secret setting's value (long enough to be told from ordinary text), longest first."""
+        found = {
+            secret
+            for _, value in self
+            if isinstance(value, SecretStr) and len(secret := value.get_secret_value()) >= MIN_SECRET_CHARS
+        }
+        return sorted(found, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced by [redacted]: for any text a server, library or
+        exception produced (an endpoint that echoes the API key in its error message)."""
+        for secret in self.secret_values():
+            text = text.replace(secret, REDACTED)
+        return text
 
     def public_view(self) -> dict[str, Any]:
         """Resolved settings with secrets reduced to whether they are set."""

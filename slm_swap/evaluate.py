@@ -15,13 +15,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, Iterator
 
-from tqdm import tqdm
-
 from slm_swap.clients import Completion
 from slm_swap.data.examples import load_rows
 from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import atomic_write_text, jsonl_text, read_json, sha256_file, write_json
-from slm_swap.metrics import score_example
+from slm_swap.fileio import (
+    atomic_write_text,
+    check_writable_file,
+    jsonl_text,
+    read_json,
+    read_jsonl,
+    remove_stale_temps,
+    sha256_file,
+    write_json,
+)
+from slm_swap.metrics import gold_problem, score_example
+from slm_swap.progress import Progress, progress_meter
 from slm_swap.prompts import build_messages, check_track
 from slm_swap.results import metrics_document
 from slm_swap.tracing import NullRun, Run
@@ -48,23 +56,43 @@ def _run_path_for(out: Path) -> Path:
 
 
 def load_split(data_dir: Path, track: str, split: str, limit: int | None = None) -> tuple[Path, list[dict], list[dict] | None]:
-    """(rows path, rows, BFCL possible answers or None), cut to `limit` rows."""
+    """(rows path, rows, BFCL possible answers or None), cut to `limit` rows. Every row must be
+    scorable, checked here so a bad row stops the eval before any request is sent."""
     check_track(track)
+    if limit is not None and limit < 1:
+        raise SlmSwapError(f"--limit must be >= 1, got {limit}")
     rows_path = Path(data_dir) / track / f"{split}.jsonl"
     rows = load_rows(rows_path)
     if not rows:
         raise SlmSwapError(f"{rows_path}: no rows")
+    for number, row in enumerate(rows, start=1):
+        if problem := gold_problem(track, row["completion"]):
+            raise SlmSwapError(f"{rows_path}: row {number}: {problem}")
     answers_path = rows_path.with_name(f"{split}.answers.jsonl")
     answers = None
     if answers_path.exists():
-        answers = [json.loads(line) for line in answers_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        answers = read_jsonl(answers_path, "answers file")
         if len(answers) != len(rows):
             raise SlmSwapError(f"{answers_path}: {len(answers)} answers for {len(rows)} rows in {rows_path}")
+        for number, answer in enumerate(answers, start=1):
+            if not (isinstance(answer, dict) and isinstance(answer.get("possible_answer"), dict)
+                    and isinstance(answer.get("functions"), list)):
+                raise SlmSwapError(f"{answers_path}: row {number}: expected an object with 'possible_answer' "
+                                   "(an object) and 'functions' (a list)")
     if limit is not None:
-        if limit < 1:
-            raise SlmSwapError(f"--limit must be >= 1, got {limit}")
         rows, answers = rows[:limit], answers[:limit] if answers else None
     return rows_path, rows, answers
+
+
+def check_eval_inputs(*, track: str, split: str, data_dir: Path, out: Path, limit: int | None,
+                      max_errors: int | None) -> tuple[Path, list[dict], list[dict] | None]:
+    """Everything about an eval that can be wrong before a model is loaded or a request sent:
+    the split's rows and answers (returned), the output path, the error budget."""
+    if max_errors is not None and max_errors < 0:
+        raise SlmSwapError(f"--max-errors must be >= 0, got {max_errors}")
+    split_data = load_split(data_dir, track, split, limit)
+    check_writable_file(Path(out), "--out")
+    return split_data
 
 
 def _read_records(path: Path) -> dict[int, dict[str, Any]]:
@@ -93,12 +121,15 @@ def run_eval(
     limit: int | None = None,
     resume: bool = False,
     max_errors: int | None = None,
-    progress: bool = True,
+    progress: Progress = "bar",
     trace: Run = NullRun(),
+    split_data: tuple[Path, list[dict], list[dict] | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate, write records and the metrics file, and record it all on `trace` (one
-    observation per example, the rates as scores)."""
-    rows_path, rows, answers = load_split(data_dir, track, split, limit)
+    observation per example, the rates as scores). `split_data` is `check_eval_inputs`'s result
+    when the caller already checked the inputs (before loading the model)."""
+    rows_path, rows, answers = split_data or check_eval_inputs(
+        track=track, split=split, data_dir=data_dir, out=out, limit=limit, max_errors=max_errors)
     out = Path(out)
     records_path, run_path = records_path_for(out), _run_path_for(out)
     run = {
@@ -108,13 +139,18 @@ def run_eval(
         "n": len(rows),
         "model": {"kind": client.kind, "identity": client.identity, "adapter": str(adapter) if adapter else None},
     }
-    if resume and run_path.exists():
-        previous = read_json(run_path, "run file")
-        if previous != run:
-            raise SlmSwapError(
-                f"--resume: {records_path} was made by a different run ({_first_difference(previous, run)}); "
-                "run again without --resume"
-            )
+    previous = read_json(run_path, "run file") if resume and run_path.exists() else None
+    if previous is not None and previous != run:
+        raise SlmSwapError(
+            f"--resume: {records_path} was made by a different run ({_first_difference(previous, run)}); "
+            "run again without --resume"
+        )
+    # This run's metrics file is written at its end: the previous one goes now, so a run that fails
+    # never leaves an older result beside its new records for `compare` to pick up.
+    out.unlink(missing_ok=True)
+    for path in (out, records_path, run_path):
+        remove_stale_temps(path)  # left by a process killed mid-write
+    if previous is not None:
         done = {i: r for i, r in _read_records(records_path).items() if i < len(rows)}
     else:
         done = {}
@@ -124,7 +160,7 @@ def run_eval(
     pending = [i for i in range(len(rows)) if i not in done]
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     errors = 0
-    bar = tqdm(total=len(rows), initial=len(done), unit="ex", desc=f"eval {track}/{client.kind}", disable=not progress)
+    bar = progress_meter(progress, f"eval {track}/{client.kind}{' ft' if adapter else ''}", len(rows), len(done))
     with open(records_path, "a", encoding="utf-8") as log:
         completions = client.complete([build_messages(rows[i]["prompt"]) for i in pending])
         try:

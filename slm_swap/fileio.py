@@ -6,6 +6,7 @@ interrupted run never leaves a half-written result behind.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -89,3 +90,38 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """Refuse, before any work is done, an output file that cannot be written: a folder, a path
+    under a file, or a folder that takes no new file (read-only, full). Probed by writing, since
+    permission bits say nothing for root or read-only mounts."""
+    path = Path(path)
+    if path.is_dir():
+        raise SlmSwapError(f"{what} {path}: is a folder, not a file")
+    check_writable_dir(path.parent, what, shown=path)
+
+
+def check_writable_dir(folder: Path, what: str, shown: Path | None = None) -> None:
+    """Create `folder` if needed and check a file can be written in it (see `check_writable_file`)."""
+    folder, shown = Path(folder), shown or Path(folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise SlmSwapError(f"{what} {shown}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise SlmSwapError(f"{what} {shown}: cannot write in {exc.filename or folder}: {exc.strerror}") from None
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files `atomic_write_bytes` left beside `path` when a process was killed mid-write."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)

@@ -61,6 +61,15 @@ def _gold_structured(completion: str) -> dict[str, Any]:
     return json.loads(completion)
 
 
+def gold_problem(track: str, completion: str) -> str | None:
+    """Why a dataset row's gold completion cannot be scored on `track`, or None when it can."""
+    if check_track(track) == "structured":
+        return None if parse_structured(completion) is not _NOT_PARSED else "the structured completion is not JSON"
+    if parse_toolcall(completion) is None:
+        return 'the tool-call completion is not exactly one <tool_call name="...">{json object}</tool_call>'
+    return None
+
+
 def score_example(
     track: str,
     output: str | None,

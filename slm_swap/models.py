@@ -543,10 +543,15 @@ def _publish(staging: Path, dest: Path) -> None:
 
 
 def _umask() -> int:
-    # The only way to read the umask is to set it; put it straight back.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it. `os.umask` can only read by setting, and a
+    umask of 0 even for an instant lets files other threads create meanwhile come out world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # no /proc (macOS): the usual default; only the modes of files we publish depend on it
 
 
 def _last_line(text: str | None) -> str:

@@ -31,6 +31,7 @@ from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR, 
 from slm_swap.errors import SlmSwapError
 from slm_swap.evaluate import default_out_path, records_path_for
 from slm_swap.fileio import read_json, sha256_file, write_json
+from slm_swap.progress import Progress
 from slm_swap.prompts import TRACKS
 
 Track = Literal["structured", "toolcall"]
@@ -76,7 +77,7 @@ class PipelineConfig(BaseModel):
 
     tracks: list[Track] = Field(default_factory=lambda: list(TRACKS), description="tracks to evaluate (A: structured, B: toolcall)")
     split: Literal["train", "val", "test"] = Field("test", description="split both sides are evaluated on")
-    delta: float = Field(0.01, ge=0, description="largest gap tolerated on a core metric before the SLM counts as trailing")
+    delta: float = Field(0.01, ge=0, allow_inf_nan=False, description="largest gap tolerated on a core metric before the SLM counts as trailing")
     finetune: FinetuneMode = Field(
         "auto", description="auto: fine-tune a track only when compare says FINE_TUNE=1; always: fine-tune every track; "
         "never: evaluate and compare only"
@@ -287,7 +288,7 @@ def run_eval_step(
     kind: str,
     adapter: Path | None = None,
     flow_run_id: str | None = None,
-    progress: bool = False,
+    progress: Progress = "lines",
 ) -> EvalOutcome:
     """Reuse, resume or run one eval (see `plan_eval`); the library's traced eval does the work."""
     from slm_swap.runs import traced_eval

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from slm_swap.compare import Decision, format_decision
+from slm_swap.compare import Decision, delta_text, format_decision
 from slm_swap.fileio import atomic_write_bytes, atomic_write_text, write_json
 from slm_swap.metrics import AST_METRIC, CORE_METRICS
 
@@ -117,7 +117,7 @@ def markdown(
     for report in reports:
         delta = report.decision.delta
         lines += [f"## {report.track}: {verdict(report)}", "",
-                  f"n={report.decision.n}, delta={delta:g}; gap = hosted - SLM (the SLM trails where gap > delta).", "",
+                  f"n={report.decision.n}, delta={delta_text(delta)}; gap = hosted - SLM (the SLM trails where gap > delta).", "",
                   "| metric | hosted | SLM | gap | SLM fine-tuned | gap after |",
                   "|---|---:|---:|---:|---:|---:|"]
         for row in table_rows([report]):

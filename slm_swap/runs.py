@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from slm_swap.clients import EVAL_BATCH_SIZE, build_client
-from slm_swap.compare import Decision, decide
+from slm_swap.compare import Decision, decide, parse_delta
 from slm_swap.config import Settings
-from slm_swap.evaluate import run_eval
+from slm_swap.evaluate import check_eval_inputs, run_eval
 from slm_swap.fileio import sha256_file
+from slm_swap.progress import Progress
 from slm_swap.tracing import open_tracer, trace_url
 
 
@@ -43,19 +44,22 @@ def traced_eval(
     timeout_s: float = 60.0,
     max_retries: int = 4,
     batch_size: int = EVAL_BATCH_SIZE,
-    progress: bool = True,
+    progress: Progress = "bar",
     flow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """One eval run in one trace; returns the metrics document (with `langfuse_trace_id`)."""
+    """One eval run in one trace; returns the metrics document (with `langfuse_trace_id`).
+    Inputs are checked before the model is loaded or a request sent; the client is closed after."""
     with open_tracer(settings) as tracer:
+        split_data = check_eval_inputs(track=track, split=split, data_dir=data_dir, out=out, limit=limit,
+                                       max_errors=max_errors)
         client = build_client(model_kind, settings, adapter=adapter, concurrency=concurrency, timeout_s=timeout_s,
                               max_retries=max_retries, batch_size=batch_size)
-        rows_path = Path(data_dir) / track / f"{split}.jsonl"
+        rows_path = split_data[0]
         trace_input = {
             "track": track,
             "split": split,
             "dataset_path": str(rows_path),
-            "dataset_sha256": sha256_file(rows_path) if rows_path.is_file() else None,
+            "dataset_sha256": sha256_file(rows_path),
             "model_kind": model_kind,
             "model_identity": client.identity,
             "adapter": str(adapter) if adapter else None,
@@ -63,9 +67,13 @@ def traced_eval(
             "limit": limit,
         }
         metadata = {"command": "eval", "resume": resume, "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
-        with tracer.run(f"eval {track} {model_kind}{' ft' if adapter else ''}", input=trace_input, metadata=metadata) as run:
-            document = run_eval(track=track, split=split, data_dir=data_dir, out=out, client=client, adapter=adapter,
-                                limit=limit, resume=resume, max_errors=max_errors, progress=progress, trace=run)
+        try:
+            with tracer.run(f"eval {track} {model_kind}{' ft' if adapter else ''}", input=trace_input, metadata=metadata) as run:
+                document = run_eval(track=track, split=split, data_dir=data_dir, out=out, client=client, adapter=adapter,
+                                    limit=limit, resume=resume, max_errors=max_errors, progress=progress, trace=run,
+                                    split_data=split_data)
+        finally:
+            client.close()
         tracer.flush()
     _announce(settings, "eval", document["langfuse_trace_id"])
     return document
@@ -77,19 +85,21 @@ def traced_compare(
     track: str,
     reference_path: Path,
     candidate_path: Path,
-    delta: float,
+    delta: str | float,
     flow_run_id: str | None = None,
 ) -> Decision:
     """The decision, recorded as a Langfuse event with the per-metric gaps."""
+    exact_delta = parse_delta(delta)  # a bad delta stops here, before anything is traced
     with open_tracer(settings) as tracer:
-        trace_input = {"track": track, "azure_metrics": str(reference_path), "slm_metrics": str(candidate_path), "delta": delta}
+        trace_input = {"track": track, "azure_metrics": str(reference_path), "slm_metrics": str(candidate_path),
+                       "delta": float(exact_delta)}
         metadata = {"command": "compare", "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
         with tracer.run(f"compare {track}", input=trace_input, metadata=metadata) as run:
-            decision = dataclasses.replace(decide(track, reference_path, candidate_path, delta), langfuse_trace_id=run.trace_id)
+            decision = dataclasses.replace(decide(track, reference_path, candidate_path, exact_delta), langfuse_trace_id=run.trace_id)
             summary = decision.as_dict()
             run.event("decision", metadata={
                 "FINE_TUNE": int(decision.fine_tune),
-                "delta": delta,
+                "delta": float(exact_delta),
                 "trailing": decision.trailing,
                 "gaps": {name: m["gap"] for name, m in summary["metrics"].items()},
             })

@@ -8,7 +8,10 @@ or an adapter's), and Azure's `POST /openai/deployments/{name}/chat/completions?
 (the deployment name chooses the model), so both `openai.OpenAI` and `openai.AzureOpenAI` work
 against it. Decoding is greedy whatever sampling parameters say: this server exists to reproduce
 evaluation outputs. One worker thread owns the model; requests queue and those waiting for the
-same model are generated together as one batch.
+same model are generated together as one batch. Batches are formed fairly: the oldest waiting
+request is always in the next batch, so steady traffic to one adapter cannot starve another.
+A prompt that with its `max_tokens` would not fit the model's context is refused (400) before it
+is queued, and so is a body nested too deeply to parse.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slm_swap.clients import MAX_NEW_TOKENS
@@ -56,14 +60,20 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
     return adapters
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image_url, ... are accepted and ignored
+    type: str
+    text: str | None = None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "".join(part.text or "" for part in self.content if part.type == "text")
         return self.content or ""
 
 
@@ -104,27 +114,39 @@ class ModelWorker:
         self.thread.join(timeout=30)
 
     def _run(self) -> None:
+        # Strictly fair: `pending` holds every waiting job in arrival order, and each batch is the
+        # oldest one plus the next compatible ones (same adapter and max_tokens), so a job is served
+        # within as many batches as there are jobs older than it, whatever keeps arriving.
+        pending: list[_Job] = []
+        stopping = False  # `None` was queued: serve what came before it, then return
         while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            batch, held = [job], []
-            while len(batch) < self.batch_size:
+            block = not pending  # nothing to do: wait for the next arrival
+            while not stopping:  # take everything that has arrived, in order
                 try:
-                    other = self.jobs.get_nowait()
+                    job = self.jobs.get(block=block)
                 except queue.Empty:
                     break
-                if other is None:
-                    held.append(other)
-                    break
-                same = other.adapter == job.adapter and other.max_tokens == job.max_tokens
-                (batch if same else held).append(other)
-            for other in held:  # back in line, in order, for the next round
-                self.jobs.put(other)
+                block = False
+                if job is None:
+                    stopping = True
+                else:
+                    pending.append(job)
+            # Callers that hung up (client timeout) cancelled their futures: they take no batch slot.
+            pending = [job for job in pending if not job.future.cancelled()]
+            if not pending:
+                if stopping:
+                    return
+                continue
+            oldest, batch, rest = pending[0], [pending[0]], []
+            for job in pending[1:]:
+                same = job.adapter == oldest.adapter and job.max_tokens == oldest.max_tokens
+                (batch if same and len(batch) < self.batch_size else rest).append(job)
+            pending = rest
             self._generate(batch)
 
     def _generate(self, batch: list[_Job]) -> None:
         # Callers that hung up (client timeout) cancelled their futures: don't spend the CPU on them.
+        # (`_run` dropped those it saw; this also catches any cancelled since.)
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -143,6 +165,37 @@ def _error(status: int, message: str, kind: str, code: str | None = None, param:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
+def max_token_chars(tokenizer) -> int:
+    """The longest token's text: no token covers more characters, so a prompt of C characters is
+    at least C / this many tokens. (Byte-level BPE vocabularies spell each byte as one character,
+    so a token's spelling is at least as long as the text it covers.)"""
+    return max(1, max(map(len, tokenizer.get_vocab())))
+
+
+def context_problem(model: LocalModel, messages: list[dict[str, str]], max_tokens: int, max_chars_per_token: int) -> str | None:
+    """Why the rendered prompt plus `max_tokens` cannot fit the model's context, or None if it fits.
+    Rendering and tokenizing a long prompt takes a while: call it off the event loop."""
+    context = model.context_length
+    if context is None:
+        return None
+    prompt = model.render(messages)
+    if len(prompt) > max_chars_per_token * context:  # clearly too long: not worth tokenizing
+        return (
+            f"This model's maximum context length is {context} tokens. However, your messages make a prompt of "
+            f"{len(prompt)} characters, more than {context} tokens can hold (and you requested {max_tokens} tokens "
+            "for the completion). Please reduce the length of the messages."
+        )
+    # Tokenized as the worker will tokenize it (no special tokens added: the template has them).
+    prompt_tokens = len(model.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+    if prompt_tokens + max_tokens > context:
+        return (
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    return None
+
+
 def create_app(
     model: LocalModel,
     model_name: str,
@@ -151,6 +204,7 @@ def create_app(
 ) -> FastAPI:
     """The app around an already loaded model (adapters added to `model` before this call)."""
     worker = ModelWorker(model, batch_size)
+    chars_per_token = max_token_chars(model.tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -182,8 +236,12 @@ def create_app(
             body = await request.json()
         except ValueError:
             return _error(400, "Request body is not valid JSON.", "invalid_request_error")
+        except RecursionError:  # e.g. 100000 nested '[': json gives up, which is the client's doing
+            return _error(400, "Request body is nested too deeply.", "invalid_request_error")
         try:
             chat_request = ChatRequest.model_validate(body)
+        except RecursionError:
+            return _error(400, "Request body is nested too deeply.", "invalid_request_error")
         except ValidationError as exc:
             problem = exc.errors()[0]
             where = ".".join(str(part) for part in problem["loc"])
@@ -203,6 +261,14 @@ def create_app(
         if not 1 <= max_tokens <= MAX_TOKENS_CAP:
             return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
         messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]
+        # Checked here, not in the worker: an oversized prompt would hold the model (and every
+        # request queued behind it) for minutes before failing or producing garbage.
+        try:
+            problem = await asyncio.to_thread(context_problem, model, messages, max_tokens, chars_per_token)
+        except TemplateError as exc:  # the chat template refuses these messages (roles, order, ...)
+            return _error(400, f"Invalid messages for this model's chat template: {exc}", "invalid_request_error", param="messages")
+        if problem:
+            return _error(400, problem, "invalid_request_error", "context_length_exceeded", "messages")
         future = worker.submit(_Job(messages, served[name], max_tokens))
         waiting = asyncio.wrap_future(future)
         while not waiting.done():
@@ -273,7 +339,7 @@ def serve(
     import uvicorn
 
     if not is_loopback(host) and not api_key:
-        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model")
+        print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
     model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size)
     for name, path in (adapters or {}).items():
         model.add_adapter(name, path)

@@ -63,7 +63,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from slm_swap.config import Settings
+from slm_swap.config import REDACTED, Settings
 from slm_swap.errors import SlmSwapError
 
 __all__ = [
@@ -79,7 +79,6 @@ __all__ = [
     "trace_url",
 ]
 
-REDACTED = "[redacted]"
 # Substrings of a key name whose value is never sent. Deliberately broad (it also hides e.g.
 # "max_tokens"); a hidden harmless value is cheaper than a leaked credential.
 SECRET_KEY_PARTS = ("key", "secret", "token", "password")
@@ -89,8 +88,6 @@ VALUE_CAP_BYTES = 4096
 # Trace-level metadata (propagated to every observation, filterable in the UI) must be short: the
 # SDK drops values longer than 200 characters with a warning, so only short scalars are propagated.
 _TRACE_METADATA_MAX_CHARS = 200
-# Shortest secret setting scrubbed by value wherever it appears; shorter ones would redact ordinary text.
-_MIN_SECRET_CHARS = 8
 _MAX_DEPTH = 32
 
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
@@ -241,15 +238,7 @@ class _Payloads:
     def __init__(self, settings: Settings):
         # Every secret the settings hold (Langfuse, Azure, hosted keys), to scrub wherever it
         # appears in a string, e.g. in an exception message.
-        self._secrets = sorted(
-            {
-                secret
-                for _, value in settings
-                if isinstance(value, SecretStr) and len(secret := value.get_secret_value()) >= _MIN_SECRET_CHARS
-            },
-            key=len,
-            reverse=True,
-        )
+        self._secrets = settings.secret_values()
 
     def scrub(self, value: Any, depth: int = 0) -> Any:
         if depth > _MAX_DEPTH:

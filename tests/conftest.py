@@ -18,9 +18,10 @@ import pytest  # noqa: E402
 
 
 def error_lines(stderr: str) -> list[str]:
-    """stderr without the informational lines commands print at start (resolved settings, the
-    tracing-off warning): what is left must be exactly the one error line."""
-    return [line for line in stderr.splitlines() if not line.startswith(("settings: ", "warning: LANGFUSE_DISABLED"))]
+    """stderr without the informational lines commands print (resolved settings, the tracing-off
+    warning, transformers' weight-loading bar): what is left must be exactly the one error line."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith(("settings: ", "warning: LANGFUSE_DISABLED", "Loading weights"))]
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,12 @@ class OpenAIStub(LoopbackServer):
         failures: list[int] | None = None,
         retry_after: str | None = None,
         latency_s: float = 0.0,
+        echo_key: bool = False,
+        fail_fast: bool = False,
     ):
         self.respond = respond
+        self.echo_key = echo_key  # failures quote the API key received, as some real endpoints do
+        self.fail_fast = fail_fast  # failures answer at once; only successes take latency_s
         self.failures = list(failures or [])
         self.retry_after = retry_after
         self.latency_s = latency_s
@@ -59,11 +63,15 @@ class OpenAIStub(LoopbackServer):
                          "at": time.monotonic()}
                     )
                     failure = stub.failures.pop(0) if stub.failures else None
-                if stub.latency_s:
+                if stub.latency_s and not (failure and stub.fail_fast):
                     time.sleep(stub.latency_s)
                 if failure:
                     headers = {"Retry-After": stub.retry_after} if stub.retry_after else {}
-                    self._send(failure, {"error": {"message": f"scripted {failure}", "type": "stub", "code": str(failure)}}, headers)
+                    message = f"scripted {failure}"
+                    if stub.echo_key:
+                        given = self.headers.get("api-key") or self.headers.get("authorization", "")
+                        message = f"Incorrect API key provided: {given}. You can find your API key at https://example"
+                    self._send(failure, {"error": {"message": message, "type": "stub", "code": str(failure)}}, headers)
                     return
                 if not (parts.path == "/v1/chat/completions" or parts.path.endswith("/chat/completions")):
                     self._send(404, {"error": {"message": "no such route", "type": "invalid_request_error"}})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from conftest import error_lines
 from slm_swap.cli import main
-from slm_swap.compare import mcnemar_exact
+from slm_swap.compare import MetricRow, mcnemar_exact, parse_delta
 from slm_swap.data.examples import structured_completion, toolcall_completion
 from slm_swap.fileio import jsonl_text, write_json
 from slm_swap.metrics import score_example
@@ -98,6 +99,78 @@ def test_missing_or_malformed_metrics_file(tmp_path, capsys):
     partial.write_text(json.dumps({"track": "toolcall", "n": 1, "dataset": {}}))
     assert run("toolcall", azure, partial) == 2
     assert "missing 'valid_call_rate'" in capsys.readouterr().err
+
+
+# At each size, delta is exactly k examples' worth: a gap of k examples is a tie (not trailing), k+1 trails.
+# Hosted pass counts sweep values where float subtraction lands just above delta (30/100 - 29/100).
+EXACT_CASES = [(100, "0.01", 1), (100, "0.03", 3), (50, "0.02", 1), (50, "0.06", 3), (25, "0.04", 1), (25, "0.12", 3),
+               (8, "0.125", 1), (8, "0.25", 2)]
+
+
+@pytest.mark.parametrize("n,delta,k", EXACT_CASES)
+def test_decision_is_exact_at_a_gap_equal_to_just_above_and_just_below_delta(n, delta, k):
+    for hosted in range(k + 1, n + 1):
+        for gap, trails in ((k - 1, False), (k, False), (k + 1, True)):
+            if hosted - gap < 0:
+                continue
+            row = MetricRow("valid_call_rate", True, hosted, hosted - gap, n, None)
+            assert row.trails(parse_delta(delta)) is trails, (n, delta, hosted, gap)
+
+
+@pytest.mark.parametrize("n,delta,k", EXACT_CASES)
+def test_compare_command_ties_print_fine_tune_0_with_ok_verdicts(tmp_path, capsys, n, delta, k):
+    good, bad = GOLD["toolcall"], "no call"
+    hosted = (30 * n) // 100 + k  # 30 vs 29 of 100 is the float trap the exact rule avoids
+    azure = eval_file(tmp_path, "azure", "toolcall", [good] * hosted + [bad] * (n - hosted))
+    for gap, code, verdict in ((k, 0, "ok"), (k + 1, 10, "SLM trails"), (k - 1, 0, "ok")):
+        slm = eval_file(tmp_path, f"slm{gap}", "toolcall", [good] * (hosted - gap) + [bad] * (n - hosted + gap))
+        assert run("toolcall", azure, slm, delta=delta) == code, (n, delta, gap)
+        out = capsys.readouterr().out
+        assert f"FINE_TUNE={int(code == 10)}" in out
+        table = {line.split()[0]: line for line in out.splitlines() if line.startswith("valid_call_rate")}
+        assert table["valid_call_rate"].endswith(verdict), table
+        assert f"n={n} delta={delta.rstrip('0')}" in out
+
+
+def test_a_float_delta_counts_as_its_shortest_decimal():
+    assert parse_delta(0.01) == Fraction(1, 100) and parse_delta("0.01") == Fraction(1, 100)
+    assert parse_delta("1e-2") == Fraction(1, 100) and parse_delta(0) == 0
+    row = MetricRow("json_valid_rate", True, 30, 29, 100, None)
+    assert not row.trails(parse_delta(0.01))  # 0.30 - 0.29 > 0.01 in floats; not in fact
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"valid_call_rate": "high"}, "'valid_call_rate' must be a rate between 0 and 1, got 'high'"),
+    ({"valid_call_rate": None}, "'valid_call_rate' must be a rate between 0 and 1, got None"),
+    ({"valid_call_rate": 1.5}, "must be a rate between 0 and 1"),
+    ({"valid_call_rate": 0.3}, "valid_call_rate=0.3 is not a whole number of passes out of n=4"),
+    ({"dataset": None}, "'dataset' must be an object with the dataset's 'sha256', got None"),
+    ({"n": "4"}, "'n' must be a whole number >= 1, got '4'"),
+    ({"n": 0}, "'n' must be a whole number >= 1, got 0"),
+])
+def test_malformed_metrics_values_are_one_line_errors(tmp_path, capsys, change, message):
+    good = GOLD["toolcall"]
+    azure = eval_file(tmp_path, "azure", "toolcall", [good] * 4)
+    slm = eval_file(tmp_path, "slm", "toolcall", [good] * 4)
+    document = json.loads(slm.read_text())
+    document.update(change)
+    slm.write_text(json.dumps(document))
+    assert run("toolcall", azure, slm) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and str(slm) in errors[0] and message in errors[0], errors
+
+
+def test_records_without_index_are_one_line_errors(tmp_path, capsys):
+    good = GOLD["toolcall"]
+    azure = eval_file(tmp_path, "azure", "toolcall", [good] * 4)
+    slm = eval_file(tmp_path, "slm", "toolcall", [good] * 4)
+    records = tmp_path / "slm.records.jsonl"
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    del rows[2]["index"]
+    records.write_text(jsonl_text(rows))
+    assert run("toolcall", azure, slm) == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and f"{records}: record 3 has no whole-number 'index'" in errors[0], errors
 
 
 def test_mcnemar_exact_values():

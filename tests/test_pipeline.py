@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 from uuid import UUID
 
@@ -49,18 +50,19 @@ from slm_swap.training.launch import CPU_CONFIG  # noqa: E402
 PUBLIC_KEY, SECRET_KEY = "pk-lf-pipeline", "sk-lf-pipeline-SECRET-5c1e"
 
 
-def decision(track: str = "toolcall", gap: float = 0.5, trace_id: str | None = None) -> Decision:
-    return Decision(track=track, delta=0.01, n=4, langfuse_trace_id=trace_id,
-                    rows=[MetricRow("valid_call_rate", True, 1.0, 1.0 - gap, None),
-                          MetricRow("name_match_rate", True, 1.0, 1.0, None),
-                          MetricRow("args_exact_rate", True, 1.0, 1.0, None)])
+def decision(track: str = "toolcall", gap: int = 2, trace_id: str | None = None) -> Decision:
+    """A decision on n=4 where valid_call trails by `gap` examples."""
+    return Decision(track=track, delta=Fraction("0.01"), n=4, langfuse_trace_id=trace_id,
+                    rows=[MetricRow("valid_call_rate", True, 4, 4 - gap, 4, None),
+                          MetricRow("name_match_rate", True, 4, 4, 4, None),
+                          MetricRow("args_exact_rate", True, 4, 4, 4, None)])
 
 
 # -- pure parts ----------------------------------------------------------------------------------
 
 
 def test_needs_training_follows_the_decision_only_in_auto():
-    trails, keeps_up = decision(gap=0.5), decision(gap=0.0)
+    trails, keeps_up = decision(gap=2), decision(gap=0)
     assert trails.fine_tune and not keeps_up.fine_tune
     assert needs_training(trails, "auto") and not needs_training(keeps_up, "auto")
     assert needs_training(keeps_up, "always") and needs_training(trails, "always")
@@ -164,12 +166,12 @@ def _metrics(track: str, rates: dict[str, float], trace_id: str | None) -> dict:
 def test_report_rows_markdown_and_chart(tmp_path):
     rates = lambda v: {"valid_call_rate": v, "name_match_rate": v, "args_exact_rate": v}  # noqa: E731
     trained = TrackReport("toolcall", _metrics("toolcall", rates(1.0), "t-h"), _metrics("toolcall", rates(0.5), "t-s"),
-                          decision(gap=0.5, trace_id="t-c"), True, {"langfuse_trace_id": "t-train", "steps": 2, "backend": "cpu"},
-                          _metrics("toolcall", rates(1.0), "t-ft"), decision(gap=0.0, trace_id="t-c2"))
+                          decision(gap=2, trace_id="t-c"), True, {"langfuse_trace_id": "t-train", "steps": 2, "backend": "cpu"},
+                          _metrics("toolcall", rates(1.0), "t-ft"), decision(gap=0, trace_id="t-c2"))
     skipped = TrackReport("structured", _metrics("structured", {"json_valid_rate": 1.0, "exact_match_rate": 0.75}, None),
                           _metrics("structured", {"json_valid_rate": 1.0, "exact_match_rate": 0.75}, None),
-                          Decision("structured", 0.01, [MetricRow("json_valid_rate", True, 1.0, 1.0, None),
-                                                        MetricRow("exact_match_rate", True, 0.75, 0.75, None)], 4))
+                          Decision("structured", Fraction("0.01"), [MetricRow("json_valid_rate", True, 4, 4, 4, None),
+                                                                    MetricRow("exact_match_rate", True, 3, 3, 4, None)], 4))
     rows = table_rows([trained, skipped])
     assert len(rows) == 5
     first = rows[0]

@@ -47,3 +47,62 @@ def test_queued_jobs_for_the_same_model_run_as_one_batch_and_cancelled_ones_are_
     finally:
         worker.stop()
     assert model.calls == [["first"], ["q0", "q1", "q2"], ["tuned"]]  # "client left" never generated
+
+
+def test_steady_traffic_to_one_adapter_cannot_starve_another():
+    # The model is busy; two requests for the base model, then one for an adapter, then a steady
+    # stream for the base model: four arrive at once, and four more while each later batch
+    # generates. The adapter's request must go as soon as it is the oldest waiting, not behind
+    # every later arrival (the old worker put it back at the end of the queue each round).
+    model = FakeModel()
+    worker = ModelWorker(model, batch_size=4)
+    arrivals = iter(range(100))
+    stream: list = []
+
+    def more_base_traffic():
+        stream.extend(worker.submit(job(f"a{next(arrivals)}")) for _ in range(4))
+
+    generate = model.generate
+
+    def generate_while_traffic_arrives(prompts, adapter=None, max_new_tokens=None):
+        if 1 <= len(model.calls) < 7:  # the six batches after `first` each see four new arrivals
+            more_base_traffic()
+        return generate(prompts, adapter, max_new_tokens)
+
+    model.generate = generate_while_traffic_arrives
+    try:
+        first = worker.submit(job("first"))
+        while not model.calls:
+            time.sleep(0.01)
+        stream.extend(worker.submit(job(f"a{next(arrivals)}")) for _ in range(2))  # older than b
+        tuned = worker.submit(job("b", adapter="toolcall"))
+        more_base_traffic()  # younger than b
+        model.release.set()
+        assert first.result(10) == "echo first"
+        assert tuned.result(10) == "echo b"
+        assert all(f.result(10).startswith("echo a") for f in stream)
+    finally:
+        worker.stop()
+    # first; the two a's older than b with the next two (a full batch); then b, now the oldest.
+    assert model.calls[:3] == [["first"], ["a0", "a1", "a2", "a3"], ["b"]]
+    assert len(stream) == 30
+    # Base-model requests are served in arrival order, in full batches.
+    served = [p for call in model.calls[1:] for p in call if p != "b"]
+    assert served == [f"a{i}" for i in range(len(stream))]
+    assert all(len(call) == 4 for call in model.calls[3:-1])
+
+
+def test_stop_serves_what_was_queued_before_it():
+    model = FakeModel()
+    worker = ModelWorker(model, batch_size=2)
+    first = worker.submit(job("first"))
+    while not model.calls:
+        time.sleep(0.01)
+    queued = [worker.submit(job(f"q{i}", adapter=("toolcall" if i % 2 else None))) for i in range(4)]
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    model.release.set()
+    stopper.join(10)
+    assert not worker.thread.is_alive()
+    assert first.result(0) == "echo first" and [f.result(0) for f in queued] == ["echo q0", "echo q1", "echo q2", "echo q3"]
+    assert model.calls == [["first"], ["q0", "q2"], ["q1", "q3"]]

@@ -4,17 +4,21 @@ Azure (default): AZURE_ENDPOINT, AZURE_DEPLOYMENT, AZURE_API_KEY, AZURE_API_VERS
 may already end in `/openai/deployments/<name>` (as the seed writes it); the name is taken from it.
 Any OpenAI-compatible server: HOSTED_BASE_URL, HOSTED_MODEL, HOSTED_API_KEY.
 
-Temperature 0. Requests run on a bounded thread pool. Retries are the SDK's own: 408/409/429/5xx
+Temperature 0. Requests run on a bounded number of threads. Retries are the SDK's own: 408/409/429/5xx
 and connection errors, exponential backoff with jitter, honouring `Retry-After`/`retry-after-ms`.
 A request that still fails comes back as a `Completion` with `error` set; the caller decides
-what an error budget is.
+what an error budget is. Error texts and outputs are scrubbed of every configured secret before
+they leave this client, so a server that echoes the API key back cannot put it in records, logs or
+Prefect's database.
 """
 
 from __future__ import annotations
 
+import math
+import queue
 import re
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -27,9 +31,17 @@ from slm_swap.errors import SlmSwapError
 _DEPLOYMENT_IN_ENDPOINT = re.compile(r"^(?P<root>.+?)/openai/deployments/(?P<name>[^/?#]+)/?$")
 
 
+def check_url(value: str, setting: str) -> str:
+    """An http(s) URL with a host, or a one-line error naming the setting."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SlmSwapError(f"{setting} must be an http(s) URL such as https://NAME.openai.azure.com, got {value!r}")
+    return value.strip()
+
+
 def split_azure_endpoint(endpoint: str, deployment: str | None) -> tuple[str, str]:
     """(resource endpoint, deployment) from AZURE_ENDPOINT and AZURE_DEPLOYMENT."""
-    endpoint = endpoint.strip().rstrip("/")
+    endpoint = check_url(endpoint, "AZURE_ENDPOINT").rstrip("/")
     match = _DEPLOYMENT_IN_ENDPOINT.match(endpoint)
     if match:
         named = match.group("name")
@@ -56,14 +68,19 @@ class HostedClient:
     ):
         if concurrency < 1:
             raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise SlmSwapError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
+        if max_retries < 0:
+            raise SlmSwapError(f"--max-retries must be >= 0, got {max_retries}")
         self.concurrency = concurrency
         self.max_tokens = max_tokens
+        self.scrub = settings.scrub
         common = {"timeout": timeout_s, "max_retries": max_retries}
         if settings.hosted_base_url:
             if not settings.hosted_model:
                 raise SlmSwapError("HOSTED_BASE_URL is set but HOSTED_MODEL is not: name the model to call")
             key = settings.hosted_api_key.get_secret_value() if settings.hosted_api_key else "unused"
-            self.client = openai.OpenAI(base_url=settings.hosted_base_url, api_key=key, **common)
+            self.client = openai.OpenAI(base_url=check_url(settings.hosted_base_url, "HOSTED_BASE_URL"), api_key=key, **common)
             self.model = settings.hosted_model
             self.identity = f"openai-compatible:{self.model}@{_host(settings.hosted_base_url)}"
         else:
@@ -91,25 +108,48 @@ class HostedClient:
         return response.choices[0].message.content or ""
 
     def complete(self, messages_list: list[list[dict[str, str]]]) -> Iterator[Completion]:
-        """Completions in the order they finish (each carries its index)."""
+        """Completions in the order they finish (each carries its index).
 
-        def one(index: int, messages: list[dict[str, str]]) -> Completion:
-            started = time.perf_counter()
-            try:
-                text = self.complete_one(messages)
-                return Completion(index, text, None, time.perf_counter() - started)
-            except openai.OpenAIError as exc:
-                return Completion(index, None, _describe(exc), time.perf_counter() - started)
+        Requests run on `concurrency` daemon threads. When the caller stops early (the error
+        budget, Ctrl-C) no new request starts, and those in flight are abandoned rather than
+        awaited: a blocked HTTP read cannot be interrupted, and a thread pool would hold the
+        command (even its exit) until each one ended, up to timeout x retries."""
+        pending: queue.SimpleQueue[tuple[int, list[dict[str, str]]]] = queue.SimpleQueue()
+        for item in enumerate(messages_list):
+            pending.put(item)
+        finished: queue.SimpleQueue[Completion | BaseException] = queue.SimpleQueue()
+        stop = threading.Event()
 
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="hosted") as pool:
-            futures = [pool.submit(one, i, messages) for i, messages in enumerate(messages_list)]
-            try:
-                for future in as_completed(futures):
-                    yield future.result()
-            finally:
-                # The caller stopped early (error budget, Ctrl-C): drop what has not started.
-                for future in futures:
-                    future.cancel()
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    index, messages = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    finished.put(self._one(index, messages))
+                except BaseException as exc:  # not an API error: a bug, handed to the caller to raise
+                    finished.put(exc)
+                    return
+
+        for number in range(min(self.concurrency, len(messages_list))):
+            threading.Thread(target=work, name=f"hosted-{number}", daemon=True).start()
+        try:
+            for _ in messages_list:
+                outcome = finished.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                yield outcome
+        finally:
+            stop.set()
+
+    def _one(self, index: int, messages: list[dict[str, str]]) -> Completion:
+        started = time.perf_counter()
+        try:
+            text = self.complete_one(messages)
+            return Completion(index, self.scrub(text), None, time.perf_counter() - started)
+        except openai.OpenAIError as exc:
+            return Completion(index, None, self.scrub(_describe(exc)), time.perf_counter() - started)
 
     def close(self) -> None:
         self.client.close()

@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, Completion
 from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import read_json
 
 BASE = None  # adapter name meaning "no adapter"
 DEFAULT = "<default>"  # the model's `default_adapter` (BASE unless set)
@@ -77,6 +78,20 @@ class LocalModel:
     def identity(self) -> str:
         return str(self.model_path)
 
+    def close(self) -> None:
+        """Nothing to release: one loaded model serves every eval in the process (`load_local_model`)."""
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens (prompt + completion) the model takes: its position limit, else the
+        tokenizer's declared maximum; None when neither says."""
+        config = self.model.config.get_text_config()
+        for name in ("max_position_embeddings", "n_positions"):
+            if isinstance(value := getattr(config, name, None), int) and value > 0:
+                return value
+        declared = self.tokenizer.model_max_length  # transformers' "unknown" is a huge placeholder
+        return declared if isinstance(declared, int) and 0 < declared < 10**8 else None
+
     @property
     def adapter_path(self) -> Path | None:
         return self.adapters.get(self.default_adapter) if self.default_adapter else None
@@ -86,12 +101,14 @@ class LocalModel:
         from peft import PeftModel
 
         path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise SlmSwapError(f"--adapter {path}: not a PEFT adapter (adapter_config.json missing)")
-        if not self.adapters:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-        else:
-            self.model.load_adapter(path, adapter_name=name)
+        check_adapter(path)
+        try:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+        except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:  # e.g. shapes of another base model
+            raise SlmSwapError(f"--adapter {path}: cannot be applied to {self.model_path}: {_first_line(exc)}") from None
         self.model.eval()
         self.adapters[name] = path
 
@@ -152,9 +169,47 @@ class LocalModel:
                 yield Completion(chunk[position], generation.text, None, time.perf_counter() - started)
 
 
+def check_adapter(path: Path) -> None:
+    """A PEFT adapter folder with a valid config and readable weights, checked without loading
+    any model, so a broken adapter is refused before the base model's long load."""
+    from peft import PeftConfig
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise SlmSwapError(f"--adapter {path}: not a PEFT adapter (adapter_config.json missing)")
+    read_json(config_file, "adapter config")  # invalid JSON: one line naming the file
+    try:
+        config = PeftConfig.from_pretrained(path)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SlmSwapError(f"{config_file}: not a valid PEFT adapter config ({_first_line(exc)})") from None
+    if config.peft_type is None:
+        raise SlmSwapError(f"{config_file}: not a valid PEFT adapter config (no 'peft_type')")
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(weights, framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise SlmSwapError(f"{weights}: adapter weights are not a readable safetensors file ({_first_line(exc)})") from None
+    elif not (path / "adapter_model.bin").is_file():
+        raise SlmSwapError(f"--adapter {path}: no adapter weights (adapter_model.safetensors missing)")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error on one line, cut to a readable length (state-dict errors run to pages)."""
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+
+
 @functools.lru_cache(maxsize=2)
 def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE) -> LocalModel:
-    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default."""
+    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default.
+    Settings and the adapter are checked before the base model is loaded."""
+    if batch_size < 1:
+        raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
+    if adapter is not None:
+        check_adapter(adapter)
     model = LocalModel(model_path, batch_size=batch_size)
     if adapter is not None:
         model.add_adapter("adapter", adapter)

@@ -21,7 +21,7 @@ from typing import Any
 
 from slm_swap.data.examples import Example, build_row
 from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import atomic_write_text, jsonl_text, sha256_file, write_json
+from slm_swap.fileio import atomic_write_text, check_writable_dir, jsonl_text, sha256_file, write_json
 from slm_swap.prompts import TRACKS
 
 SPLITS = ("train", "val", "test")
@@ -70,7 +70,7 @@ def write_dataset(
 ) -> dict[str, Any]:
     """Write both tracks under `out_dir`, replacing earlier track folders only once all is written."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out_dir, "--out-dir")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         files: dict[str, str] = {}
