@@ -59,6 +59,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load_settings(), track=args.track, split=args.split, data_dir=Path(args.data_dir), out=out,
         model_kind=args.model_kind, adapter=adapter, limit=args.limit, resume=args.resume, max_errors=args.max_errors,
         concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size,
+        load_in_4bit=args.load_in_4bit,
     )
     rates = " ".join(f"{k}={v:.3f}" for k, v in document.items() if k.endswith("_rate"))
     print(f"{out}: n={document['n']} errors={document['errors']} {rates}")
@@ -75,7 +76,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     functions = read_json(Path(args.functions), "functions file") if args.functions else []
     if not isinstance(functions, list) or not all(isinstance(fn, dict) for fn in functions):
         raise SlmSwapError(f"{args.functions}: expected a JSON list of function signatures (objects)")
-    client = build_client(args.model_kind, load_settings(), adapter=Path(args.adapter) if args.adapter else None)
+    client = build_client(args.model_kind, load_settings(), adapter=Path(args.adapter) if args.adapter else None,
+                          load_in_4bit=args.load_in_4bit)
     completion = next(iter(client.complete([build_messages(build_prompt(args.track, args.text, functions))])))
     if completion.error:
         raise SlmSwapError(f"request failed: {completion.error}")
@@ -95,7 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env_key = settings.slm_swap_serve_api_key
     api_key = args.api_key or (env_key.get_secret_value() if env_key else None)
     serve(model_path, host=args.host, port=args.port, adapters=adapters, api_key=api_key,
-          model_name=args.model_name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+          model_name=args.model_name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+          load_in_4bit=args.load_in_4bit)
     return 0
 
 
@@ -153,7 +156,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir, "eval_dir": args.out_dir, "ft_dir": args.ft_dir,
             "accelerate_config": args.accelerate_config, "limit": args.limit, "max_steps": args.max_steps,
             "reuse_max_age_hours": args.reuse_max_age_hours, "finetune_deployment": args.finetune_deployment or None,
-            "concurrency": args.concurrency, "timeout_s": args.timeout,
+            "concurrency": args.concurrency, "timeout_s": args.timeout, "load_in_4bit": args.load_in_4bit,
         })
     except ValidationError as exc:
         error = exc.errors()[0]
@@ -170,6 +173,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"report: {summary['report']['markdown']} {summary['report']['chart']}")
     print(f"flow run: {flow_run_id}")
     return 0
+
+
+def add_load_in_4bit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                        help="slm: load in NF4 4-bit through bitsandbytes, on CPU as on CUDA "
+                             "(default: 4-bit with CUDA, full precision on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
     ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
     ev.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="slm: prompts decoded together; lower it if memory runs out (default: %(default)s)")
+    add_load_in_4bit(ev)
     ev.set_defaults(func=cmd_eval)
 
     inf = commands.add_parser("infer", help="one request with the evaluation's messages; prints the raw text")
@@ -226,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--text", required=True, help="the user's request")
     inf.add_argument("--functions", help="JSON file with a list of function signatures to offer")
     inf.add_argument("--adapter", help="LoRA adapter folder for the SLM")
+    add_load_in_4bit(inf)
     inf.set_defaults(func=cmd_infer)
 
     srv = commands.add_parser("serve", help="OpenAI-compatible server for the local SLM and its adapters")
@@ -239,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "default: SLM_SWAP_SERVE_API_KEY, which is better: arguments are visible to anyone via `ps`")
     srv.add_argument("--batch-size", type=int, default=8, help="queued requests generated together (default: %(default)s)")
     srv.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default completion length cap (default: %(default)s)")
+    add_load_in_4bit(srv)
     srv.set_defaults(func=cmd_serve)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train")
@@ -291,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reuse finished evals/adapters with identical inputs up to this age; 0: never (default: %(default)s)")
     pipe.add_argument("--finetune-deployment", default="slm-swap-finetune/gpu",
                       help="train through this deployment when the Prefect server has it, else in-process; '' for always in-process (default: %(default)s)")
+    add_load_in_4bit(pipe)
     pipe.set_defaults(func=cmd_pipeline)
     return parser
 

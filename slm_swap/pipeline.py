@@ -94,6 +94,9 @@ class PipelineConfig(BaseModel):
     concurrency: int = Field(8, ge=1, description="hosted: parallel requests")
     timeout_s: float = Field(60.0, gt=0, description="hosted: seconds per request (a CPU stand-in needs more)")
     batch_size: int = Field(EVAL_BATCH_SIZE, ge=1, description="SLM: prompts decoded together")
+    load_in_4bit: bool | None = Field(
+        None, description="SLM: load in NF4 4-bit through bitsandbytes (None: 4-bit with CUDA, full precision on CPU)"
+    )
     reuse_max_age_hours: float = Field(
         12.0, ge=0, description="reuse a finished eval or adapter made from identical inputs at most this many hours ago "
         "(a crashed run, re-run, resumes; the nightly run re-evaluates); 0 turns reuse off"
@@ -175,10 +178,13 @@ def adapter_dir(config: PipelineConfig, track: str) -> Path:
     return Path(config.ft_dir) / f"adapter_{track}"
 
 
-def model_identity(settings: Settings, kind: str) -> str:
+def model_identity(settings: Settings, kind: str, load_in_4bit: bool | None = None) -> str:
     """What the metrics file will record as `model.identity`, known before anything is loaded."""
     if kind == "slm":
-        return str(Path(settings.slm_model_path))
+        from slm_swap.clients.local import local_identity
+        from slm_swap.quantization import resolve_quantization
+
+        return local_identity(Path(settings.slm_model_path), resolve_quantization(load_in_4bit))
     if kind == "azure":
         from slm_swap.clients.hosted import HostedClient
 
@@ -211,7 +217,7 @@ def eval_fingerprint(settings: Settings, config: PipelineConfig, track: str, kin
         "dataset_path": str(rows_path),
         "dataset_sha256": sha256_file(rows_path),
         "model_kind": kind,
-        "model_identity": model_identity(settings, kind),
+        "model_identity": model_identity(settings, kind, config.load_in_4bit if kind == "slm" else None),
         "adapter": str(adapter) if adapter else None,
         "adapter_sha256": folder_sha256(adapter) if adapter else None,
     }
@@ -259,11 +265,12 @@ _loaded_lock = threading.Lock()
 _loaded_key: tuple[Any, ...] | None = None
 
 
-def hold_one_local_model(model_path: Path, adapter: Path | None, adapter_sha256: str | None) -> None:
+def hold_one_local_model(identity: str, adapter: Path | None, adapter_sha256: str | None) -> None:
     """Drop any other SLM this process holds before one is loaded, so one process never keeps two
-    models on the GPU (the client caches up to two); a retrained adapter at the same path is reloaded."""
+    models on the GPU (the client caches up to two); a retrained adapter at the same path is reloaded.
+    `identity` is the checkpoint and how it is loaded (`model_identity`)."""
     global _loaded_key
-    key = (str(model_path), str(adapter) if adapter else None, adapter_sha256)
+    key = (identity, str(adapter) if adapter else None, adapter_sha256)
     with _loaded_lock:
         if _loaded_key is not None and _loaded_key != key:
             from slm_swap.clients.local import load_local_model
@@ -303,11 +310,12 @@ def run_eval_step(
     started_at = read_json(stamp_file, "pipeline stamp")["started_at"] if action == "resume" else _now().isoformat()
     write_json(stamp_file, {"fingerprint": fingerprint, "started_at": started_at, "finished_at": None, "metrics_sha256": None})
     if kind == "slm":
-        hold_one_local_model(settings.slm_model_path, adapter, fingerprint["adapter_sha256"])
+        hold_one_local_model(fingerprint["model_identity"], adapter, fingerprint["adapter_sha256"])
     document = traced_eval(
         settings, track=track, split=config.split, data_dir=Path(config.data_dir), out=out, model_kind=kind,
         adapter=adapter, limit=config.limit, resume=action == "resume", concurrency=config.concurrency,
-        timeout_s=config.timeout_s, batch_size=config.batch_size, progress=progress, flow_run_id=flow_run_id,
+        timeout_s=config.timeout_s, batch_size=config.batch_size, load_in_4bit=config.load_in_4bit, progress=progress,
+        flow_run_id=flow_run_id,
     )
     write_json(stamp_file, {"fingerprint": fingerprint, "started_at": started_at, "finished_at": _now().isoformat(),
                             "metrics_sha256": sha256_file(out)})

@@ -44,6 +44,7 @@ def traced_eval(
     timeout_s: float = 60.0,
     max_retries: int = 4,
     batch_size: int = EVAL_BATCH_SIZE,
+    load_in_4bit: bool | None = None,
     progress: Progress = "bar",
     flow_run_id: str | None = None,
 ) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def traced_eval(
         split_data = check_eval_inputs(track=track, split=split, data_dir=data_dir, out=out, limit=limit,
                                        max_errors=max_errors)
         client = build_client(model_kind, settings, adapter=adapter, concurrency=concurrency, timeout_s=timeout_s,
-                              max_retries=max_retries, batch_size=batch_size)
+                              max_retries=max_retries, batch_size=batch_size, load_in_4bit=load_in_4bit)
         rows_path = split_data[0]
         trace_input = {
             "track": track,

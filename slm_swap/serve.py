@@ -334,13 +334,14 @@ def serve(
     model_name: str | None = None,
     batch_size: int = 8,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    load_in_4bit: bool | None = None,
 ) -> None:
     """Load the model and adapters, then serve until interrupted."""
     import uvicorn
 
     if not is_loopback(host) and not api_key:
         print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
-    model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
     for name, path in (adapters or {}).items():
         model.add_adapter(name, path)
     name = model_name or Path(model_path).name

@@ -27,18 +27,20 @@ class Completion:
 
 
 def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
-                 max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE):
+                 max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE, load_in_4bit: bool | None = None):
     """The client for `--model-kind azure|slm` (heavy imports only for the kind asked for)."""
     from slm_swap.errors import SlmSwapError
 
     if kind == "azure":
         if adapter is not None:
             raise SlmSwapError("--adapter applies to --model-kind slm only")
+        if load_in_4bit is not None:
+            raise SlmSwapError("--load-in-4bit applies to --model-kind slm only")
         from slm_swap.clients.hosted import HostedClient
 
         return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
     if kind == "slm":
         from slm_swap.clients.local import load_local_model
 
-        return load_local_model(settings.slm_model_path, adapter, batch_size)
+        return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)
     raise SlmSwapError(f"unknown model kind {kind!r}: expected azure or slm")

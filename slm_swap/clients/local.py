@@ -1,9 +1,11 @@
 """The local SLM through transformers: greedy decoding, batched, with optional LoRA adapters.
 
 On CUDA the model loads in 4-bit (bitsandbytes NF4) with `device_map="auto"`, so it shards across
-every visible GPU; on CPU it loads in full precision. Batches are left-padded and formed from
+every visible GPU; on CPU it loads in full precision unless 4-bit is asked for (`--load-in-4bit`),
+which bitsandbytes runs on CPU too. Batches are left-padded and formed from
 prompts of similar length (sorted), and results come back tagged with their input index, so
-batching changes speed, not outputs. One process loads a checkpoint once (`load_local_model`).
+batching changes speed, not outputs (in full precision; a 4-bit model's batched matmuls can round
+differently from one-at-a-time ones and flip a near-tie). One process loads a checkpoint once (`load_local_model`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, Completion
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import read_json
+from slm_swap.quantization import nf4_config, require_bitsandbytes, resolve_quantization
 
 BASE = None  # adapter name meaning "no adapter"
 DEFAULT = "<default>"  # the model's `default_adapter` (BASE unless set)
@@ -37,7 +40,10 @@ class Generation:
 class LocalModel:
     kind = "slm"
 
-    def __init__(self, model_path: Path, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE):
+    def __init__(self, model_path: Path, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
+                 load_in_4bit: bool | None = None):
+        """`load_in_4bit`: NF4 through bitsandbytes; None (the default) means 4-bit with CUDA and
+        full precision on CPU."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_path = Path(model_path)
@@ -46,6 +52,10 @@ class LocalModel:
                 f"SLM_MODEL_PATH {model_path}: no checkpoint there (config.json missing); "
                 "run `slm-swap models fetch` for the embedded model"
             )
+        cuda = torch.cuda.is_available()
+        self.quantization = resolve_quantization(load_in_4bit)
+        if self.quantization:
+            require_bitsandbytes("--load-in-4bit", "load the model in full precision with --no-load-in-4bit")
         self.model_path = model_path
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -53,17 +63,9 @@ class LocalModel:
         self.tokenizer.padding_side = "left"  # decoder-only: pad before the prompt
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if torch.cuda.is_available():
-            from transformers import BitsAndBytesConfig
-
-            quantization = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=torch.bfloat16,
-                bnb_4bit_use_double_quant=True,
-            )
+        if self.quantization:  # with CUDA, sharded over every visible GPU
             self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, quantization_config=quantization, device_map="auto"
+                model_path, quantization_config=nf4_config(cuda), device_map="auto" if cuda else "cpu"
             )
         else:
             self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -76,7 +78,7 @@ class LocalModel:
 
     @property
     def identity(self) -> str:
-        return str(self.model_path)
+        return local_identity(self.model_path, self.quantization)
 
     def close(self) -> None:
         """Nothing to release: one loaded model serves every eval in the process (`load_local_model`)."""
@@ -169,6 +171,11 @@ class LocalModel:
                 yield Completion(chunk[position], generation.text, None, time.perf_counter() - started)
 
 
+def local_identity(model_path: Path, quantization: str | None) -> str:
+    """The checkpoint, and how it was loaded when not in full precision (the outputs differ)."""
+    return f"{model_path} ({quantization})" if quantization else str(model_path)
+
+
 def check_adapter(path: Path) -> None:
     """A PEFT adapter folder with a valid config and readable weights, checked without loading
     any model, so a broken adapter is refused before the base model's long load."""
@@ -203,14 +210,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE) -> LocalModel:
+def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE,
+                     load_in_4bit: bool | None = None) -> LocalModel:
     """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default.
     Settings and the adapter are checked before the base model is loaded."""
     if batch_size < 1:
         raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
     if adapter is not None:
         check_adapter(adapter)
-    model = LocalModel(model_path, batch_size=batch_size)
+    model = LocalModel(model_path, batch_size=batch_size, load_in_4bit=load_in_4bit)
     if adapter is not None:
         model.add_adapter("adapter", adapter)
         model.default_adapter = "adapter"
