@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
         f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
-        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']}"
+        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']} seed={manifest['seed']} "
+        f"deterministic={manifest['determinism']['deterministic']} ({manifest['determinism']['device']})"
     )
     return 0
 

@@ -68,6 +68,24 @@ def test_a_few_examples_overfit_and_resume_continues(overfit_split, tiny_model_d
     assert second["val_loss"] < first["val_loss"]
 
 
+def test_throughput_counts_only_the_tokens_trained_in_this_run(xlam_data_dir, tiny_model_dir, tmp_path):
+    """Eight copies of one row, two per step: 2 steps of a 4-step epoch train exactly 4 rows' tokens,
+    and a resumed third step 2 more, not the whole file's tokens each time."""
+    from transformers import AutoTokenizer
+
+    line = (xlam_data_dir / "toolcall" / "train.jsonl").read_text().splitlines()[0]
+    rows = tmp_path / "same_row.jsonl"
+    rows.write_text((line + "\n") * 8)
+    row_tokens = len(tokenize_row(AutoTokenizer.from_pretrained(tiny_model_dir), json.loads(line))["input_ids"])
+    request = TrainRequest(track="toolcall", train_path=rows, val_path=rows, out_dir=tmp_path / "adapter",
+                           model_path=tiny_model_dir, max_steps=2, save_steps=2, hp=SMALL)
+    first = train(request)
+    assert first["steps"] == 2 and first["train_tokens"] == 4 * row_tokens
+    assert first["train_tokens_per_s"] == pytest.approx(first["train_tokens"] / first["duration_s"], rel=0.01)
+    resumed = train(replace(request, resume=True, max_steps=3))
+    assert resumed["steps"] == 3 and resumed["train_tokens"] == 2 * row_tokens
+
+
 def test_accelerate_launch_trains_an_adapter_that_re_evaluates(xlam_data_dir, tiny_model_dir, tmp_path, monkeypatch):
     """The documented commands, for real: `slm-swap train` (accelerate launch, CPU config), then eval --adapter."""
     out = tmp_path / "04_ft" / "adapter_toolcall"
@@ -85,6 +103,7 @@ def test_accelerate_launch_trains_an_adapter_that_re_evaluates(xlam_data_dir, ti
     assert manifest["hyperparameters"]["lora_dropout"] == 0.1 and manifest["hyperparameters"]["learning_rate"] == 2e-4
     assert manifest["datasets"]["train"]["rows"] == 20 and len(manifest["datasets"]["train"]["sha256"]) == 64
     assert manifest["train_tokens_per_s"] > 0 and manifest["val_loss"] > 0
+    assert manifest["seed"] == 0 and manifest["determinism"]["deterministic"] is True
     assert not any(p.name.startswith(".adapter_toolcall") for p in out.parent.iterdir())  # no staging left
 
     from peft import PeftModel

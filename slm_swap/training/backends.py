@@ -8,6 +8,10 @@ Under `accelerate launch` each process loads its own copy on its own GPU (`devic
 rank}`); DeepSpeed ZeRO-2 (from the accelerate config) then shards optimizer state and gradients.
 The CUDA paths cannot run on the CPU-only machines this project is developed on: they follow the
 Unsloth, PEFT and TRL documentation and are kept small so they can be reviewed line by line.
+
+Every backend seeds Python, NumPy and torch from `hp.seed` before it creates the model and the
+LoRA matrices (`seed_everything`), so the same seed gives the same initial adapter on every run
+and every process; `determinism` says what that buys on the device the run used.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +49,46 @@ def local_device_map() -> dict[str, int]:
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device) before the model is built.
+
+    LoRA's A matrices are drawn from torch's generator when the adapter is created, and the
+    trainer only seeds later, when it is built: without this, two runs start from different
+    adapters. Not `device_specific`: under `accelerate launch` every process must draw the same
+    initial adapter, so every process gets the same seed.
+    """
+    from accelerate.utils import set_seed
+
+    set_seed(seed, device_specific=False)
+
+
+def determinism(backend: str) -> dict[str, Any]:
+    """What the manifest says about repeating this run bit for bit with the same seed."""
+    facts = {"torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    if backend == "cpu":
+        return {
+            "device": "cpu",
+            "deterministic": True,
+            **facts,
+            "cpu_threads": torch.get_num_threads(),
+            # What tests/test_reproducible_training.py checks. Float sums may be split differently
+            # with another thread count or library version, so those are part of "the same run".
+            "note": "bitwise repeatable: the same seed, data, settings, library versions and thread count "
+                    "give identical adapter weights and losses on this machine",
+        }
+    return {
+        "device": "cuda",
+        "deterministic": False,
+        **facts,
+        # torch's deterministic-algorithms switch stays off: it raises on ops with no deterministic
+        # CUDA kernel, and it would not cover bitsandbytes or Unsloth anyway.
+        "note": "not guaranteed: the seed fixes the initial adapter, dropout and data order, but some CUDA "
+                "kernels (e.g. the memory-efficient attention backward) accumulate with atomic adds, so sums "
+                "can round differently from run to run, and the bitsandbytes 4-bit and Unsloth Triton kernels "
+                "are outside torch's deterministic-algorithms switch; this project has not compared two CUDA runs",
+    }
+
+
 def lora_config(hp: HyperParams):
     from peft import LoraConfig
 
@@ -59,6 +104,7 @@ def lora_config(hp: HyperParams):
 
 def load_for_training(backend: str, model_path: Path, hp: HyperParams):
     """(PEFT-wrapped model with trainable LoRA weights, tokenizer) for `backend`."""
+    seed_everything(hp.seed)
     if backend == "unsloth":
         return _load_unsloth(model_path, hp)
     from peft import get_peft_model
@@ -107,7 +153,7 @@ def _load_unsloth(model_path: Path, hp: HyperParams):
         target_modules=list(hp.target_modules),
         bias="none",
         use_gradient_checkpointing="unsloth",
-        random_state=hp.seed,
+        random_state=hp.seed,  # Unsloth's own seed for the LoRA matrices it creates
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

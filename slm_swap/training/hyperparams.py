@@ -18,7 +18,7 @@ class HyperParams:
     per_device_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     warmup_steps: float = 0  # a float < 1 is a fraction of the total steps (transformers 5)
-    seed: int = 0
+    seed: int = 0  # the initial LoRA matrices, dropout and data order (the manifest records it)
     target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     )

@@ -3,6 +3,9 @@ completion only, report validation loss, write the adapter and its manifest atom
 
 Runs as one process (CPU) or one per GPU under `accelerate launch`; only the main process writes.
 Checkpoints go to `<out>.checkpoints/` so `resume=True` continues an interrupted run.
+The seed (`hp.seed`) fixes the initial adapter (seeded before it is created, in `backends`), the
+data order and dropout (the trainer reseeds with it); the manifest says whether that made the run
+bit-for-bit repeatable on its device.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import sha256_file, write_json
 from slm_swap.prompts import check_track
-from slm_swap.training.backends import choose_backend, load_for_training
+from slm_swap.training.backends import choose_backend, determinism, load_for_training
 from slm_swap.training.data import load_training_rows, tokenize_rows
 from slm_swap.training.hyperparams import HyperParams
 from slm_swap.tracing import NullRun, Run
@@ -94,12 +97,12 @@ def trace_input(request: TrainRequest) -> dict[str, Any]:
 def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     """Train and write `<out>/` (PEFT adapter + manifest); returns the manifest. Losses are
     recorded on `trace` as they are logged, the manifest as its output."""
+    validate(request)  # first: a bad input costs no heavy import (and none of their import-time noise)
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    validate(request)
     hp = request.hp
     backend = choose_backend(request.backend)
     model, tokenizer = load_for_training(backend, Path(request.model_path), hp)
@@ -129,8 +132,10 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
         save_total_limit=2,
         eval_strategy="no",  # evaluated explicitly before and after: two numbers to compare
         report_to="none",
-        seed=hp.seed,
-        data_seed=hp.seed,
+        seed=hp.seed,  # dropout, and the length-grouped order (drawn from torch's generator)
+        data_seed=hp.seed,  # the order of a plain random sampler
+        # Counts the tokens each step really consumed (padding excluded), for the throughput.
+        include_num_input_tokens_seen="non_padding",
         bf16=cuda,
         use_cpu=not cuda,
         deepspeed=deepspeed_file,  # "auto" values in the JSON are filled from these arguments
@@ -144,13 +149,23 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
                 trace.event("train_step", metadata={"step": state.global_step, "loss": logs["loss"],
                                                     "learning_rate": logs.get("learning_rate")})
 
+    class TokensAtStart(TrainerCallback):
+        """The trainer's token count when this `train()` begins: a resumed run starts from the
+        checkpoint's count, and only the tokens trained after it belong to this run's throughput."""
+
+        count = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.count = state.num_input_tokens_seen
+
+    tokens_at_start = TokensAtStart()
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples),
         processing_class=tokenizer,
-        callbacks=[TraceLosses()],
+        callbacks=[TraceLosses(), tokens_at_start],
     )
     val_loss_before = trainer.evaluate()["eval_loss"]
     resume_from = _latest_checkpoint(request.checkpoints_dir()) if request.resume else None
@@ -159,7 +174,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     duration = time.perf_counter() - started
     val_loss = trainer.evaluate()["eval_loss"]
     strategy, world_size = _strategy()
-    tokens = sum(len(e["input_ids"]) for e in train_examples) * hp.epochs
+    tokens = trainer.state.num_input_tokens_seen - tokens_at_start.count  # all processes together
     manifest = {
         "track": request.track,
         "base_model": str(request.model_path),
@@ -169,6 +184,8 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
         "hyperparameters": hp.as_dict(),
         "sampling": request.sampling,
         "max_steps": request.max_steps,
+        "seed": hp.seed,
+        "determinism": determinism(backend),
         "datasets": {
             "train": {"path": str(request.train_path), "sha256": sha256_file(Path(request.train_path)), "rows": len(train_rows)},
             "val": {"path": str(request.val_path), "sha256": sha256_file(Path(request.val_path)), "rows": len(val_rows)},
@@ -178,6 +195,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
         "val_loss_before": val_loss_before,
         "val_loss": val_loss,
         "duration_s": round(duration, 2),
+        "train_tokens": tokens,
         "train_tokens_per_s": round(tokens / duration, 1) if duration > 0 else None,
         "resumed_from": str(resume_from) if resume_from else None,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
