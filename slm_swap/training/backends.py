@@ -1,13 +1,17 @@
 """How the model is loaded for training, chosen by what the machine has.
 
 - `unsloth`: CUDA with Unsloth installed: `FastLanguageModel` QLoRA (4-bit base, LoRA on top).
-- `bnb`:     CUDA without Unsloth: transformers + bitsandbytes NF4 + PEFT (classic QLoRA).
-- `cpu`:     no CUDA: the base in full precision + PEFT LoRA (tests and the demo; no 4-bit on CPU).
+- `bnb`:     transformers + bitsandbytes NF4 + PEFT (classic QLoRA): the `auto` choice on CUDA
+             without Unsloth, and on CPU when asked for (bitsandbytes 0.50 runs NF4 on CPU too;
+             CI trains with it there).
+- `cpu`:     the `auto` choice without CUDA: the base in full precision + PEFT LoRA (faster than
+             4-bit on a CPU; the tests and the demo).
 
 Under `accelerate launch` each process loads its own copy on its own GPU (`device_map={"": local
 rank}`); DeepSpeed ZeRO-2 (from the accelerate config) then shards optimizer state and gradients.
-The CUDA paths cannot run on the CPU-only machines this project is developed on: they follow the
-Unsloth, PEFT and TRL documentation and are kept small so they can be reviewed line by line.
+On CPU, several processes train data-parallel over gloo (`accelerate_config/cpu_2proc.yaml`).
+Unsloth and DeepSpeed cannot run on the CPU-only machines this project is developed on:
+`scripts/gpu_check.sh` exercises them on a GPU machine (docs/gpu.md says what has run).
 
 Every backend seeds Python, NumPy and torch from `hp.seed` before it creates the model and the
 LoRA matrices (`seed_everything`), so the same seed gives the same initial adapter on every run
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 
 from slm_swap.errors import SlmSwapError
+from slm_swap.quantization import compute_dtype, nf4_config, require_bitsandbytes
 from slm_swap.training.hyperparams import HyperParams
 
 BACKENDS = ("auto", "unsloth", "bnb", "cpu")
@@ -37,16 +42,32 @@ def choose_backend(requested: str = "auto") -> str:
         if not cuda:
             return "cpu"
         return "unsloth" if importlib.util.find_spec("unsloth") else "bnb"
-    if requested in ("unsloth", "bnb") and not cuda:
-        raise SlmSwapError(f"--backend {requested} needs a CUDA GPU; this machine has none (use --backend cpu)")
+    if requested == "unsloth" and not cuda:
+        raise SlmSwapError("--backend unsloth needs a CUDA GPU (Unsloth is CUDA-only) and this machine has none: "
+                           "use --backend bnb for 4-bit QLoRA on CPU, or --backend cpu")
     if requested == "unsloth" and not importlib.util.find_spec("unsloth"):
-        raise SlmSwapError("--backend unsloth: the unsloth package is not installed (pip install -e '.[gpu]')")
+        raise SlmSwapError("--backend unsloth: the unsloth package is not installed (pip install -e '.[gpu]'); "
+                           "--backend bnb trains the same QLoRA without it")
+    if requested == "bnb":
+        require_bitsandbytes("--backend bnb", "use --backend cpu (full-precision LoRA)")
     return requested
 
 
-def local_device_map() -> dict[str, int]:
-    """Everything on this process's GPU: one full model copy per rank (DDP / ZeRO-2 style)."""
+def local_device_map() -> dict[str, int | str]:
+    """Everything on this process's device: one full model copy per rank (DDP / ZeRO-2 style)."""
+    if not torch.cuda.is_available():
+        return {"": "cpu"}
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def quantization_of(model) -> str | None:
+    """The quantization the loaded model really has (`nf4`, `fp4`), None in full precision."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return None
+    from bitsandbytes.nn import Linear4bit
+
+    kinds = {module.weight.quant_type for module in model.modules() if isinstance(module, Linear4bit)}
+    return ",".join(sorted(kinds)) or None
 
 
 def seed_everything(seed: int) -> None:
@@ -62,16 +83,17 @@ def seed_everything(seed: int) -> None:
     set_seed(seed, device_specific=False)
 
 
-def determinism(backend: str) -> dict[str, Any]:
+def determinism(on_cuda: bool) -> dict[str, Any]:
     """What the manifest says about repeating this run bit for bit with the same seed."""
     facts = {"torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
-    if backend == "cpu":
+    if not on_cuda:
         return {
             "device": "cpu",
             "deterministic": True,
             **facts,
             "cpu_threads": torch.get_num_threads(),
-            # What tests/test_reproducible_training.py checks. Float sums may be split differently
+            # What tests/test_reproducible_training.py checks (and tests/test_train.py for the 4-bit
+            # backend on CPU). Float sums may be split differently
             # with another thread count or library version, so those are part of "the same run".
             "note": "bitwise repeatable: the same seed, data, settings, library versions and thread count "
                     "give identical adapter weights and losses on this machine",
@@ -115,17 +137,11 @@ def load_for_training(backend: str, model_path: Path, hp: HyperParams):
         tokenizer.pad_token = tokenizer.eos_token
     if backend == "bnb":
         from peft import prepare_model_for_kbit_training
-        from transformers import BitsAndBytesConfig
 
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_quant_storage=torch.bfloat16,
-        )
+        cuda = torch.cuda.is_available()
         model = AutoModelForCausalLM.from_pretrained(
-            model_path, quantization_config=quantization, dtype=torch.bfloat16, device_map=local_device_map()
+            model_path, quantization_config=nf4_config(cuda, training=True), dtype=compute_dtype(cuda),
+            device_map=local_device_map(),
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     else:

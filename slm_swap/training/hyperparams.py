@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class HyperParams:
-    load_in_4bit: bool = True  # QLoRA on CUDA; CPU trains the full-precision base (no bitsandbytes there)
+    load_in_4bit: bool = True  # QLoRA (unsloth, bnb backends); the cpu backend trains the full-precision base
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.1

@@ -21,7 +21,7 @@ from typing import Any
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import sha256_file, write_json
 from slm_swap.prompts import check_track
-from slm_swap.training.backends import choose_backend, determinism, load_for_training
+from slm_swap.training.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.training.data import load_training_rows, tokenize_rows
 from slm_swap.training.hyperparams import HyperParams
 from slm_swap.tracing import NullRun, Run
@@ -149,50 +149,59 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
                 trace.event("train_step", metadata={"step": state.global_step, "loss": logs["loss"],
                                                     "learning_rate": logs.get("learning_rate")})
 
-    class TokensAtStart(TrainerCallback):
-        """The trainer's token count when this `train()` begins: a resumed run starts from the
-        checkpoint's count, and only the tokens trained after it belong to this run's throughput."""
+    class AtStart(TrainerCallback):
+        """What the model and the count stand at when this `train()` begins: the validation loss
+        to compare the end with, and the tokens already seen (a resumed run starts from its
+        checkpoint's count; only what it trains after that belongs to its throughput). Measured
+        here, not before `train()`: under DeepSpeed the trainer cannot evaluate until its engine
+        exists (it would ask for ZeRO-3 inference), and here the weights are still untouched."""
 
-        count = 0
+        trainer = None
+        tokens = 0
+        val_loss = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.count = state.num_input_tokens_seen
+            self.tokens = state.num_input_tokens_seen
+            self.val_loss = self.trainer.evaluate()["eval_loss"]
 
-    tokens_at_start = TokensAtStart()
+    at_start = AtStart()
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(val_examples),
         processing_class=tokenizer,
-        callbacks=[TraceLosses(), tokens_at_start],
+        callbacks=[TraceLosses(), at_start],
     )
-    val_loss_before = trainer.evaluate()["eval_loss"]
+    at_start.trainer = trainer
     resume_from = _latest_checkpoint(request.checkpoints_dir()) if request.resume else None
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     duration = time.perf_counter() - started
     val_loss = trainer.evaluate()["eval_loss"]
     strategy, world_size = _strategy()
-    tokens = trainer.state.num_input_tokens_seen - tokens_at_start.count  # all processes together
+    tokens = trainer.state.num_input_tokens_seen - at_start.tokens  # all processes together
     manifest = {
         "track": request.track,
         "base_model": str(request.model_path),
         "backend": backend,
         "strategy": strategy,
         "world_size": world_size,
+        # Examples per optimizer step over all processes: what one "step" means in `steps`.
+        "global_batch_size": hp.per_device_batch_size * hp.gradient_accumulation_steps * world_size,
+        "quantization": quantization_of(trainer.model),
         "hyperparameters": hp.as_dict(),
         "sampling": request.sampling,
         "max_steps": request.max_steps,
         "seed": hp.seed,
-        "determinism": determinism(backend),
+        "determinism": determinism(cuda),
         "datasets": {
             "train": {"path": str(request.train_path), "sha256": sha256_file(Path(request.train_path)), "rows": len(train_rows)},
             "val": {"path": str(request.val_path), "sha256": sha256_file(Path(request.val_path)), "rows": len(val_rows)},
         },
         "steps": result.global_step,
         "train_loss": result.training_loss,
-        "val_loss_before": val_loss_before,
+        "val_loss_before": at_start.val_loss,
         "val_loss": val_loss,
         "duration_s": round(duration, 2),
         "train_tokens": tokens,
