@@ -187,6 +187,9 @@ def run_eval(
                     input=rows[index]["prompt"],
                     output=completion.text,
                     metadata={k: v for k, v in record.items() if k not in ("output", "parsed", "index")},
+                    scores={k: v for k, v in record.items() if isinstance(v, bool)},  # pass/fail per metric
+                    generation={"model": completion.model, "prompt_tokens": completion.prompt_tokens,
+                                "completion_tokens": completion.completion_tokens, "latency_s": completion.latency_s},
                 )
                 done[index] = record
                 bar.update(1)

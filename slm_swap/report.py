@@ -55,6 +55,10 @@ class TrackReport:
             ids["compare ft"] = self.final.langfuse_trace_id
         return ids
 
+    def experiments(self) -> list[dict[str, Any] | None]:
+        """The evals' Langfuse dataset runs (hosted, SLM, fine-tuned SLM), None where not recorded."""
+        return [d.get("langfuse_experiment") if d else None for d in (self.hosted, self.slm, self.slm_ft)]
+
 
 def _rate(document: dict[str, Any] | None, name: str) -> float | None:
     if document is None or name not in document:
@@ -109,8 +113,10 @@ def markdown(
     flow_run_id: str | None = None,
     chart: str | None = None,
     trace_url: Callable[[str], str | None] | None = None,
+    comparison_url: Callable[[list[dict[str, Any] | None]], str | None] | None = None,
 ) -> str:
-    """The report as markdown (the Prefect artifact and report.md)."""
+    """The report as markdown (the Prefect artifact and report.md). `comparison_url` links each
+    track's evals side by side in Langfuse's experiment comparison (the hosted run the baseline)."""
     lines = ["# SLM Swap report", ""]
     if flow_run_id:
         lines += [f"Prefect flow run: `{flow_run_id}`", ""]
@@ -125,6 +131,8 @@ def markdown(
             lines.append(f"| {name} | {_fmt(row['hosted'])} | {_fmt(row['slm'])} | {_signed(row['gap'])} | "
                          f"{_fmt(row['slm_ft'])} | {_signed(row['gap_ft'])} |")
         lines.append("")
+        if comparison_url and (url := comparison_url(report.experiments())):
+            lines += [f"Langfuse experiment comparison (hosted = baseline): [{report.track}]({url})", ""]
         if report.training:
             t = report.training
             lines += [f"Adapter: backend={t.get('backend')} steps={t.get('steps')} train_loss={_fmt(t.get('train_loss'))} "
@@ -167,6 +175,7 @@ def summary(reports: list[TrackReport], *, flow_run_id: str | None = None) -> di
             "final_decision": report.final.as_dict() if report.final else None,
             "verdict": verdict(report),
             "langfuse_trace_ids": report.trace_ids(),
+            "langfuse_experiments": dict(zip(("hosted", "slm", "slm_ft"), report.experiments())),
         }
     return {"flow_run_id": flow_run_id, "tracks": tracks, "rows": table_rows(reports),
             "decisions_text": decisions_text(reports)}
@@ -218,12 +227,14 @@ def write_report(
     *,
     flow_run_id: str | None = None,
     trace_url: Callable[[str], str | None] | None = None,
+    comparison_url: Callable[[list[dict[str, Any] | None]], str | None] | None = None,
 ) -> tuple[ReportFiles, str]:
     """Write report.png, report.md and report.json into `eval_dir`; returns the paths and the markdown."""
     eval_dir = Path(eval_dir)
     files = ReportFiles(markdown=eval_dir / "report.md", json=eval_dir / "report.json", chart=eval_dir / "report.png")
     write_chart(reports, files.chart)
-    text = markdown(reports, flow_run_id=flow_run_id, chart=str(files.chart), trace_url=trace_url)
+    text = markdown(reports, flow_run_id=flow_run_id, chart=str(files.chart), trace_url=trace_url,
+                    comparison_url=comparison_url)
     atomic_write_text(files.markdown, text)
     write_json(files.json, json.loads(json.dumps(summary(reports, flow_run_id=flow_run_id), default=str)))
     return files, text

@@ -16,16 +16,35 @@ from typing import Any
 from slm_swap.clients import EVAL_BATCH_SIZE, build_client
 from slm_swap.compare import Decision, decide, parse_delta
 from slm_swap.config import Settings
+from slm_swap.data.examples import load_rows
+from slm_swap.errors import SlmSwapError
 from slm_swap.evaluate import check_eval_inputs, run_eval
-from slm_swap.fileio import sha256_file
+from slm_swap.fileio import read_json, sha256_file, write_json
 from slm_swap.progress import Progress
+from slm_swap.prompts import build_messages
 from slm_swap.tracing import open_tracer, trace_url
 
 
-def _announce(settings: Settings, kind: str, trace_id: str | None) -> None:
+def _announce(settings: Settings, kind: str, trace_id: str | None, experiment: dict[str, Any] | None = None) -> None:
     if trace_id:
         url = trace_url(settings, trace_id)
         print(f"langfuse trace ({kind}): {trace_id}" + (f" {url}" if url else ""), file=sys.stderr)
+    if experiment:  # the eval as a dataset run: Langfuse's experiment comparison, this run the baseline
+        print(f"langfuse experiment ({kind}): {experiment['dataset']} / {experiment['run']}"
+              + (f" {experiment['url']}" if experiment.get("url") else ""), file=sys.stderr)
+
+
+def eval_dataset(data_dir: Path, track: str, split: str, rows_path: Path, sha256: str) -> tuple[str, list, dict]:
+    """(name, items, metadata) of an eval's split as a Langfuse dataset: named from its source
+    (`dataset.json`, else the data folder), track and split; one item per row, the messages every
+    client sends as input and the gold completion as expected output."""
+    try:
+        source = read_json(Path(data_dir) / "dataset.json", "dataset manifest")["source"]["name"]
+    except (SlmSwapError, KeyError, TypeError):
+        source = Path(data_dir).resolve().name
+    items = [{"input": build_messages(row["prompt"]), "expected_output": row["completion"]} for row in load_rows(rows_path)]
+    metadata = {"sha256": sha256, "path": str(rows_path), "rows": len(items), "track": track, "split": split}
+    return f"slm-swap/{source}/{track}/{split}", items, metadata
 
 
 def traced_eval(
@@ -70,13 +89,19 @@ def traced_eval(
         metadata = {"command": "eval", "resume": resume, "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
         try:
             with tracer.run(f"eval {track} {model_kind}{' ft' if adapter else ''}", input=trace_input, metadata=metadata) as run:
+                name, items, dataset_metadata = eval_dataset(data_dir, track, split, rows_path, trace_input["dataset_sha256"])
+                run.use_dataset(name, items, metadata=dataset_metadata,
+                                experiment=f"{model_kind} {client.identity}" + (f" adapter {adapter}" if adapter else ""))
                 document = run_eval(track=track, split=split, data_dir=data_dir, out=out, client=client, adapter=adapter,
                                     limit=limit, resume=resume, max_errors=max_errors, progress=progress, trace=run,
                                     split_data=split_data)
         finally:
             client.close()
         tracer.flush()
-    _announce(settings, "eval", document["langfuse_trace_id"])
+        if run.experiment:  # the dataset run this eval became, for the report's comparison link
+            document = {**document, "langfuse_experiment": run.experiment}
+            write_json(out, document)
+    _announce(settings, "eval", document["langfuse_trace_id"], document.get("langfuse_experiment"))
     return document
 
 

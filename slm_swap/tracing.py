@@ -1,42 +1,34 @@
-"""Langfuse tracing for `eval`, `train` and `compare`. The only module that imports `langfuse`.
+"""Langfuse tracing for `eval`, `train` and `compare`: the only module that imports `langfuse`.
 
-Tracing is mandatory: `open_tracer` raises `SlmSwapError` unless LANGFUSE_PUBLIC_KEY,
-LANGFUSE_SECRET_KEY and LANGFUSE_HOST are set, or LANGFUSE_DISABLED=1 is (local dry runs), in which
-case it warns once and returns a `NullTracer` with the same interface, so callers never ask whether
-tracing is on::
+    with open_tracer(settings) as tracer:   # SlmSwapError unless LANGFUSE_* are set or LANGFUSE_DISABLED=1
+        with tracer.run("eval toolcall azure", input={...}, metadata={"prefect_flow_run_id": id}) as run:
+            run.use_dataset("slm-swap/xlam/toolcall/test", items, metadata={"sha256": sha}, experiment="azure gpt-4o")
+            run.example(0, input=prompt, output=text, metadata={...}, scores={"valid_call": True},
+                        generation={"model": "gpt-4o", "prompt_tokens": 812, "completion_tokens": 31, "latency_s": 0.9})
+            run.score("valid_call_rate", 0.82)
+        tracer.flush()   # False, plus one stderr line, if something was not delivered
+        run.experiment   # the dataset run: {"dataset", "run", "id", "url"}
 
-    from slm_swap.tracing import open_tracer, trace_url
+A run is a trace; `event` an event observation, `score` a score on the trace. An eval that calls
+`use_dataset` is a Langfuse experiment: its split a dataset (one item per row, uploaded once, in the
+background while the eval runs), the eval a dataset run whose example traces link to their items,
+each with a generation (model, tokens, latency) and its metrics as scores, the rates as run scores.
+Under LANGFUSE_DISABLED=1 a `NullTracer` records nothing through the same interface.
 
-    with open_tracer(settings) as tracer:          # close() on exit, bounded
-        with tracer.run("eval", input={"track": "toolcall"},
-                        metadata={"prefect_flow_run_id": flow_run_id}) as run:
-            for index, record in enumerate(records):
-                run.example(index, input=record.prompt, output=record.answer, metadata={"ok": record.ok})
-            run.event("decision", metadata={"fine_tune": True})
-            run.score("accuracy", 0.82)
-            run.update(output={"accuracy": 0.82})
-        if url := trace_url(settings, run.trace_id):
-            print(f"trace: {url}")
-        tracer.flush()                              # False, plus one stderr line, if not delivered
-
-One `run` is one Langfuse trace: its root observation carries the input, output and metadata (the
-v5 data model keeps a trace's input/output on its root observation), every `example` is a child
-observation, `event` is an event observation and `score` is a numeric score on the trace.
-
-Tracing never fails a command. A Langfuse that is down or answers errors costs at most
-`flush_timeout_s` in `flush()`, which then returns False and prints one line saying the traces were
-not delivered; `close()` is bounded by `flush_timeout_s` too (by 1 s once a flush has failed). An exception inside `run` marks the trace as an error
-and is re-raised unchanged.
-
-What goes on the wire is scrubbed first: any key containing "key", "secret", "token" or "password"
-(case-insensitive) has its value replaced by "[redacted]", the secret values found in `Settings`
-are replaced wherever they appear in a string, and every value is capped at 4 KB.
+Public SDK API only: one client per process (the SDK keeps one per public key), `mask=` and
+`mask_otel_spans=`, `start_as_current_observation`, `score_trace`, the dataset calls,
+`run_experiment`, `flush`, `shutdown`. The SDK logs failed deliveries rather than raising: its log
+records are collected (not printed) and `flush()` reports them in one line. `flush()` publishes the
+experiments and flushes on a worker thread joined with `flush_timeout_s`: a Langfuse that is down,
+failing or hanging costs a command at most that, plus `EXIT_TIMEOUT_S` for the client's shutdown at
+exit (which also removes the SDK's own, unbounded, exit hook). Values under a key containing
+key/secret/token/password and the secret values in `Settings` become "[redacted]", values are
+capped at 4 KB, and every exported string attribute is scrubbed once more.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -45,70 +37,36 @@ import logging
 import math
 import sys
 import threading
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
-import requests
-from langfuse import Langfuse, propagate_attributes
-from langfuse import __version__ as langfuse_version
-from opentelemetry import context as otel_context_api
-from opentelemetry import trace as otel_trace_api
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from langfuse import Evaluation, Langfuse, propagate_attributes
+from langfuse.api import NotFoundError
+from langfuse.types import MaskOtelSpansResult, OtelSpanPatch
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from pydantic import BaseModel, SecretBytes, SecretStr
 
 from slm_swap.config import REDACTED, Settings
 from slm_swap.errors import SlmSwapError
 
-__all__ = [
-    "LangfuseTracer",
-    "NullRun",
-    "NullTracer",
-    "REDACTED",
-    "Run",
-    "Tracer",
-    "VALUE_CAP_BYTES",
-    "check_tracing_settings",
-    "open_tracer",
-    "trace_url",
-]
-
-# Substrings of a key name whose value is never sent. Deliberately broad (it also hides e.g.
-# "max_tokens"); a hidden harmless value is cheaper than a leaked credential.
-SECRET_KEY_PARTS = ("key", "secret", "token", "password")
-# Each input, output and metadata value is capped, so one huge example cannot blow the OTLP request
-# or the span attribute limits.
-VALUE_CAP_BYTES = 4096
-# Trace-level metadata (propagated to every observation, filterable in the UI) must be short: the
-# SDK drops values longer than 200 characters with a warning, so only short scalars are propagated.
-_TRACE_METADATA_MAX_CHARS = 200
-_MAX_DEPTH = 32
-
-OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
-
-
-# -- settings ------------------------------------------------------------------------------------
-
-
-def _text(value: SecretStr | str | None) -> str:
-    """A setting's plain value, blank when unset; a blank value counts as missing."""
-    if isinstance(value, SecretStr):
-        return value.get_secret_value().strip()
-    return (value or "").strip()
+SECRET_KEY_PARTS = ("key", "secret", "token", "password")  # broad: hides "max_tokens" too, rather than leak
+VALUE_CAP_BYTES = 4096  # per value, or per top-level entry of a bigger mapping
+EXIT_TIMEOUT_S = 1.0
+DATASET_WRITERS = 4  # parallel dataset-item uploads
 
 
 def _langfuse_settings(settings: Settings) -> dict[str, str]:
-    return {
-        "LANGFUSE_PUBLIC_KEY": _text(settings.langfuse_public_key),
-        "LANGFUSE_SECRET_KEY": _text(settings.langfuse_secret_key),
-        "LANGFUSE_HOST": _text(settings.langfuse_host),
-    }
+    text = lambda v: (v.get_secret_value() if isinstance(v, SecretStr) else v or "").strip()  # noqa: E731
+    return {"LANGFUSE_PUBLIC_KEY": text(settings.langfuse_public_key),
+            "LANGFUSE_SECRET_KEY": text(settings.langfuse_secret_key),
+            "LANGFUSE_HOST": text(settings.langfuse_host).rstrip("/")}
 
 
 def check_tracing_settings(settings: Settings) -> None:
@@ -118,31 +76,30 @@ def check_tracing_settings(settings: Settings) -> None:
 
 
 def _require_langfuse_settings(settings: Settings) -> None:
-    required = _langfuse_settings(settings)
-    missing = [name for name, value in required.items() if not value]
-    if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise SlmSwapError(
-            f"Langfuse tracing is required but {', '.join(missing)} {verb} not set; set "
-            f"{'it' if len(missing) == 1 else 'them'} (environment or .env), or set LANGFUSE_DISABLED=1 "
-            "to run without tracing (local dry runs only)"
-        )
-    host = required["LANGFUSE_HOST"]
-    if not host.startswith(("http://", "https://")):
-        raise SlmSwapError(f"LANGFUSE_HOST must be an http(s) URL such as https://cloud.langfuse.com, got {host!r}")
+    values = _langfuse_settings(settings)
+    if missing := [name for name, value in values.items() if not value]:
+        one = len(missing) == 1
+        raise SlmSwapError(f"Langfuse tracing is required but {', '.join(missing)} {'is' if one else 'are'} not set; "
+                           f"set {'it' if one else 'them'} (environment or .env), or set LANGFUSE_DISABLED=1 to run "
+                           "without tracing (local dry runs only)")
+    if not values["LANGFUSE_HOST"].startswith(("http://", "https://")):
+        raise SlmSwapError("LANGFUSE_HOST must be an http(s) URL such as https://cloud.langfuse.com, "
+                           f"got {values['LANGFUSE_HOST']!r}")
 
 
 def trace_url(settings: Settings, trace_id: str | None) -> str | None:
-    """Where to open a trace in the Langfuse UI, or None when there is no trace.
+    """A trace's page, built offline (Langfuse redirects `{host}/trace/{id}` to its project)."""
+    host = _langfuse_settings(settings)["LANGFUSE_HOST"]
+    return f"{host}/trace/{trace_id}" if trace_id and host and not settings.langfuse_disabled else None
 
-    The v5 SDK's `get_trace_url` needs the project id, which costs a `GET /api/public/projects`
-    round trip. Langfuse's web app serves `{host}/trace/{id}` and redirects it to the project's
-    trace page, so the link is built offline instead.
-    """
-    host = _text(settings.langfuse_host).rstrip("/")
-    if settings.langfuse_disabled or not trace_id or not host:
+
+def comparison_url(experiments: Sequence[Mapping[str, Any] | None]) -> str | None:
+    """Langfuse's experiment comparison of these dataset runs (metrics files' `langfuse_experiment`),
+    the first as the baseline; None when none was recorded."""
+    if not (found := [e for e in experiments if e and e.get("url") and e.get("id")]):
         return None
-    return f"{host}/trace/{trace_id}"
+    query = urlencode([("baseline", found[0]["id"])] + [("c", e["id"]) for e in found[1:]])
+    return f"{found[0]['url'].split('?', 1)[0]}?{query}"
 
 
 def open_tracer(settings: Settings, *, flush_timeout_s: float = 10.0) -> Tracer:
@@ -154,43 +111,50 @@ def open_tracer(settings: Settings, *, flush_timeout_s: float = 10.0) -> Tracer:
     return LangfuseTracer(settings, flush_timeout_s=flush_timeout_s)
 
 
-# -- the interface -------------------------------------------------------------------------------
+class Run:
+    """One command run: one trace. These methods record nothing (`NullRun`); none raises."""
 
+    trace_id: str | None = None
+    experiment: dict[str, Any] | None = None  # the eval's dataset run, once flushed
 
-class Run(ABC):
-    """One command run: one Langfuse trace. Every method is safe to call; none raises."""
+    def use_dataset(self, name: str, items: Sequence[Mapping[str, Any]], *, metadata: dict[str, Any],
+                    experiment: str) -> None:
+        """Make this run dataset run `experiment` of dataset `name` (items: `input`,
+        `expected_output`; metadata holds `sha256`); examples then name items by index."""
 
-    trace_id: str | None
+    def example(self, index: int, *, input: Any, output: Any, metadata: dict[str, Any],
+                scores: Mapping[str, float] | None = None, generation: Mapping[str, Any] | None = None) -> None:
+        """One example: its item's trace in the dataset run, else a child observation. `scores`:
+        its metrics; `generation`: model, prompt_tokens, completion_tokens, latency_s."""
 
-    @abstractmethod
-    def example(self, index: int, *, input: Any, output: Any, metadata: dict[str, Any]) -> None:
-        """One child observation for one example (values capped at VALUE_CAP_BYTES)."""
-
-    @abstractmethod
     def event(self, name: str, *, metadata: dict[str, Any]) -> None:
-        """A point-in-time event in the trace, e.g. compare's decision."""
+        """A point-in-time event, e.g. compare's decision."""
 
-    @abstractmethod
     def score(self, name: str, value: float) -> None:
-        """A numeric Langfuse score on the trace."""
+        """A numeric score on the trace (and on the dataset run)."""
 
-    @abstractmethod
     def update(self, output: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> None:
         """Set the trace's output and/or add metadata."""
 
 
-class Tracer(ABC):
-    @abstractmethod
-    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> contextlib.AbstractContextManager[Run]:
-        """A context manager around one trace; an exception inside marks it as an error and re-raises."""
+class NullRun(Run):
+    """Tracing off: records nothing."""
 
-    @abstractmethod
+
+class Tracer:
+    """Opens runs; this base (`NullTracer`) records nothing."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Iterator[Run]:
+        """One trace; an exception inside marks it as an error and is re-raised."""
+        yield NullRun()
+
     def flush(self) -> bool:
-        """Deliver what is buffered; True if everything so far reached Langfuse. Never raises."""
+        """Publish experiments, deliver what is buffered, within the bound; True if all arrived."""
+        return True
 
-    @abstractmethod
     def close(self) -> None:
-        """Release threads and connections (bounded). Call `flush()` first to learn about delivery."""
+        """Nothing per command: the process's client is shut down at exit, within EXIT_TIMEOUT_S."""
 
     def __enter__(self) -> Tracer:
         return self
@@ -199,529 +163,362 @@ class Tracer(ABC):
         self.close()
 
 
-class NullRun(Run):
-    trace_id = None
-
-    def example(self, index: int, *, input: Any, output: Any, metadata: dict[str, Any]) -> None:
-        pass
-
-    def event(self, name: str, *, metadata: dict[str, Any]) -> None:
-        pass
-
-    def score(self, name: str, value: float) -> None:
-        pass
-
-    def update(self, output: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> None:
-        pass
-
-
 class NullTracer(Tracer):
-    """Tracing off (LANGFUSE_DISABLED=1): same interface, sends nothing, `trace_id` is None."""
-
-    @contextlib.contextmanager
-    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Iterator[Run]:
-        yield NullRun()
-
-    def flush(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
+    """Tracing off (LANGFUSE_DISABLED=1): sends nothing, `trace_id` is None."""
 
 
-# -- payloads: scrub, then cap -------------------------------------------------------------------
+class _Mask:
+    """The client's `mask=` (inputs, outputs, metadata) and `mask_otel_spans=` (every exported
+    string attribute): secrets out by key and by value, then capped."""
 
+    secrets: tuple[str, ...] = ()
 
-class _Payloads:
-    """Makes caller values safe to send: secrets redacted by key and by value, sizes capped."""
-
-    def __init__(self, settings: Settings):
-        # Every secret the settings hold (Langfuse, Azure, hosted keys), to scrub wherever it
-        # appears in a string, e.g. in an exception message.
-        self._secrets = settings.secret_values()
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def scrub(self, value: Any, depth: int = 0) -> Any:
-        if depth > _MAX_DEPTH:
-            return "[too deep]"
-        if isinstance(value, (SecretStr, SecretBytes)):
+        if depth > 32 or isinstance(value, (SecretStr, SecretBytes)):
             return REDACTED
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self.text(value)
         if isinstance(value, BaseModel):
             value = value.model_dump(mode="json")  # SecretStr fields dump as "**********"
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = dataclasses.asdict(value)
         if isinstance(value, Mapping):
-            return {
-                key: REDACTED if _is_secret_key(key) else self.scrub(item, depth + 1) for key, item in value.items()
-            }
+            return {k: REDACTED if any(p in str(k).lower() for p in SECRET_KEY_PARTS) else self.scrub(v, depth + 1)
+                    for k, v in value.items()}
         if isinstance(value, (list, tuple, set, frozenset)):
             return [self.scrub(item, depth + 1) for item in value]
         return value
 
-    def value(self, value: Any) -> Any:
-        """One input/output value: scrubbed, then capped as a whole."""
-        return None if value is None else _cap(self.scrub(value))
+    def __call__(self, *, data: Any, **_: Any) -> Any:
+        data = self.scrub(data)
+        return {k: _truncate(v) for k, v in data.items()} if isinstance(data, dict) and _size(data) > VALUE_CAP_BYTES \
+            else _truncate(data)
 
-    def metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """Metadata: scrubbed, then each value capped on its own."""
-        if not metadata:
-            return None
-        scrubbed = self.scrub(dict(metadata))
-        return {str(key): _cap(item) for key, item in scrubbed.items()}
-
-    def message(self, text: str) -> str:
-        return str(_cap(self.scrub(text)))
+    def spans(self, *, params: Any, **_: Any) -> MaskOtelSpansResult | None:
+        patches = {key: {name: self.text(v) for name, v in span.attributes.items() if isinstance(v, str) and self.text(v) != v}
+                   for key, span in params.spans.items()}
+        patches = {key: OtelSpanPatch(set_attributes=changed) for key, changed in patches.items() if changed}
+        return MaskOtelSpansResult(span_patches=patches) if patches else None
 
 
-def _is_secret_key(key: Any) -> bool:
-    lowered = str(key).lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
+def _size(value: Any) -> int:
+    return len((value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)).encode())
 
 
-def _cap(value: Any) -> Any:
-    """The value itself if its JSON form fits VALUE_CAP_BYTES, else a truncated string with a marker."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    encoded = text.encode("utf-8")
-    if len(encoded) <= VALUE_CAP_BYTES:
+def _truncate(value: Any) -> Any:
+    if _size(value) <= VALUE_CAP_BYTES:
         return value
-    head = encoded[:VALUE_CAP_BYTES].decode("utf-8", errors="ignore")
-    return f"{head}... [truncated: {len(encoded)} bytes, first {VALUE_CAP_BYTES} kept]"
+    encoded = (value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)).encode()
+    return f"{encoded[:VALUE_CAP_BYTES].decode(errors='ignore')}... [truncated: {len(encoded)} bytes, first {VALUE_CAP_BYTES} kept]"
 
 
-def _trace_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The short scalar entries of a run's metadata (e.g. prefect_flow_run_id), for the trace level."""
-    short = {
-        key: value
-        for key, value in (metadata or {}).items()
-        if key.isascii()
-        and value != REDACTED
-        and isinstance(value, (str, int, float, bool))
-        and len(json.dumps(value, ensure_ascii=False)) <= _TRACE_METADATA_MAX_CHARS
-    }
-    return short or None
-
-
-# -- delivery bookkeeping ------------------------------------------------------------------------
-
-
-class _Delivery:
-    """What reached Langfuse. The SDK swallows export failures (it only logs them), so the tracer
-    watches its own exporter and HTTP client to be able to tell the caller."""
+class _Problems(logging.Handler):
+    """The `langfuse` and `opentelemetry` loggers' records, kept instead of printed (an application
+    that configures logging still gets them), by the thread that logged them, so a flush reports its
+    own client's threads and worker only. Errors mean something was not delivered; the last warning
+    or failed HTTP status explains them. Threads making this module's own calls (they raise, and the
+    caller reports) are skipped."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._problems: list[str] = []
-        self.spans_ended = 0
-        self.spans_exported = 0
-        self.span_batches_failed = 0
-        self.last_span_failure: str | None = None
-        # Score requests by (method, path, body hash): a retried batch has the same key, so only
-        # its last outcome counts.
-        self._api_outcomes: dict[tuple[str, str, str], str | None] = {}
+        super().__init__(logging.WARNING)
+        self.own = threading.local()
+        self._records: list[tuple[int | None, bool, str]] = []  # (thread, is an error, text)
 
-    def problem(self, text: str) -> None:
-        with self._lock:
-            if len(self._problems) < 20:
-                self._problems.append(" ".join(text.split()))
+    def _add(self, thread: int | None, error: bool, text: str) -> None:
+        self._records = (self._records + [(thread, error, " ".join(text.split())[:300])])[-500:]
 
-    def span_ended(self) -> None:
-        with self._lock:
-            self.spans_ended += 1
-
-    def spans_sent(self, count: int) -> None:
-        with self._lock:
-            self.spans_exported += count
-
-    def span_batch_failed(self, reason: str | None) -> None:
-        with self._lock:
-            self.span_batches_failed += 1
-            self.last_span_failure = reason
-
-    def api_outcome(self, key: tuple[str, str, str], failure: str | None) -> None:
-        with self._lock:
-            self._api_outcomes[key] = failure
-
-    def problems(self) -> list[str]:
-        with self._lock:
-            found = list(self._problems)
-            if self.span_batches_failed:
-                found.append(
-                    f"{self.span_batches_failed} span batch(es) failed ({self.last_span_failure or 'export failed'})"
-                )
-            elif self.spans_ended > self.spans_exported:
-                found.append(f"{self.spans_ended - self.spans_exported} span(s) were not exported")
-            failed = [failure for failure in self._api_outcomes.values() if failure]
-            if failed:
-                found.append(f"{len(failed)} score request(s) failed ({failed[-1]})")
-            return found
-
-
-class _NotingSession(requests.Session):
-    """The OTLP exporter's HTTP session: remembers why the last request failed (the exporter only
-    reports FAILURE). Subclassing keeps requests' proxy and CA handling."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_failure: str | None = None
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        try:
-            response = super().request(method, url, *args, **kwargs)
-        except Exception as exc:
-            self.last_failure = type(exc).__name__
-            raise
-        if response.status_code >= 300:
-            self.last_failure = f"HTTP {response.status_code}"
-        return response
-
-
-class _CountingExporter(SpanExporter):
-    """Wraps the OTLP exporter to count spans delivered and batches lost."""
-
-    def __init__(self, inner: OTLPSpanExporter, session: _NotingSession, delivery: _Delivery):
-        self._inner = inner
-        self._session = session
-        self._delivery = delivery
-        self._shut_down = False
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception as exc:
-            self._session.last_failure = type(exc).__name__
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self._delivery.spans_sent(len(spans))
-        else:
-            self._delivery.span_batch_failed(self._session.last_failure)
-        return result
-
-    def shutdown(self) -> None:
-        if not self._shut_down:  # close() may shut it down before the provider does
-            self._shut_down = True
-            self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _EndedSpanCounter(SpanProcessor):
-    """Counts spans ended, so spans dropped before export (a full queue) do not go unnoticed."""
-
-    def __init__(self, delivery: _Delivery):
-        self._delivery = delivery
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self._delivery.span_ended()
-
-
-class _NotingHttpxClient(httpx.Client):
-    """The SDK's REST client (scores): records each POST's final outcome. Overriding `send` keeps
-    httpx's proxy and environment handling, which a custom transport would switch off."""
-
-    def __init__(self, delivery: _Delivery, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._delivery = delivery
-
-    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-        key = None
-        if request.method != "GET":  # reads (projects, health) do not count as delivery
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self.own, "active", False):
             try:
-                body_hash = hashlib.sha256(request.content).hexdigest()
-            except httpx.RequestNotRead:
-                body_hash = str(id(request))
-            key = (request.method, request.url.path, body_hash)
-        try:
-            response = super().send(request, **kwargs)
-        except Exception as exc:
-            if key:
-                self._delivery.api_outcome(key, type(exc).__name__)
-            raise
-        if key:
-            # 207 is the scores API's "some scores were rejected".
-            ok = 200 <= response.status_code < 300 and response.status_code != 207
-            self._delivery.api_outcome(key, None if ok else f"HTTP {response.status_code}")
-        return response
+                text = record.getMessage()
+            except Exception:  # a malformed record is still a problem
+                text = str(record.msg)
+            self._add(record.thread, record.levelno >= logging.ERROR, text)
+
+    def response(self, response: httpx.Response) -> None:  # the REST client's response hook
+        method = response.request.method
+        if response.status_code >= 400 and not (response.status_code == 404 and method == "GET"):
+            with self.lock:
+                self._add(threading.get_ident(), False, f"HTTP {response.status_code} from {method} {response.request.url.path}")
+
+    def drain(self, threads: set[int]) -> str | None:
+        with self.lock:
+            mine = [record for record in self._records if record[0] in threads]
+            self._records = [record for record in self._records if record[0] not in threads]
+        errors = [text for _, error, text in mine if error]
+        context = next((text for _, error, text in reversed(mine) if not error), None)
+        return f"{len(errors)} SDK error(s), last: {errors[-1]}" + (f" (after: {context})" if context else "") \
+            if errors else None
 
 
-def _run_bounded(fn: Any, timeout_s: float, name: str) -> tuple[bool, BaseException | None]:
-    """Run fn in a daemon thread for at most timeout_s: the SDK's own flush and shutdown wait on
-    queues without a bound. Returns (finished, error); an unfinished thread is left behind."""
+@dataclasses.dataclass
+class _Client:
+    langfuse: Langfuse
+    config: tuple[str, str]  # host, sha256 of the secret key
+    threads: set[int]  # the ones it started: span exporter, score sender, media
+    last_flush_ok: bool = True
+
+
+_MASK, _PROBLEMS, _LOCK = _Mask(), _Problems(), threading.Lock()
+_CLIENTS: dict[str, _Client] = {}  # by public key, as the SDK keeps them
+_DATASETS: dict[tuple[int, str, str | None], Future] = {}  # uploads by client, name and sha256
+for _name in ("langfuse", "opentelemetry"):
+    logging.getLogger(_name).addHandler(_PROBLEMS)
+
+
+def _client(settings: Settings, request_timeout_s: int) -> _Client:
+    """The process's client for these settings, built on first use."""
+    values = _langfuse_settings(settings)
+    public_key, host, secret_key = values["LANGFUSE_PUBLIC_KEY"], values["LANGFUSE_HOST"], values["LANGFUSE_SECRET_KEY"]
+    config = (host, hashlib.sha256(secret_key.encode()).hexdigest())
+    with _LOCK:
+        _MASK.secrets = tuple(sorted(set(_MASK.secrets) | set(settings.secret_values()), key=len, reverse=True))
+        if (known := _CLIENTS.get(public_key)) is not None:
+            if known.config != config:
+                raise SlmSwapError(f"this process already traces to {known.config[0]} with LANGFUSE_PUBLIC_KEY {public_key}; "
+                                   "the Langfuse SDK keeps one client per public key and process, so another host or "
+                                   "secret key for the same public key needs a process of its own")
+            return known
+        before = {thread.ident for thread in threading.enumerate()}
+        client = Langfuse(
+            public_key=public_key, secret_key=secret_key, base_url=host, timeout=request_timeout_s,
+            httpx_client=httpx.Client(timeout=request_timeout_s, event_hooks={"response": [_PROBLEMS.response]}),
+            tracing_enabled=True, sample_rate=1.0, flush_at=512, flush_interval=1.0, media_upload_thread_count=1,
+            mask=_MASK, mask_otel_spans=_MASK.spans,
+            # A provider of its own: other libraries' spans and OTEL_RESOURCE_ATTRIBUTES stay out.
+            tracer_provider=TracerProvider(resource=Resource({"service.name": "slm-swap"}), sampler=ALWAYS_ON,
+                                           shutdown_on_exit=False))
+        # Under LANGFUSE_TRACING_ENABLED=false or OTEL_SDK_DISABLED=true the SDK's spans have no trace
+        # id. The probe is never ended, so never exported.
+        if client.start_observation(name="slm-swap-probe").trace_id == "0" * 32:
+            raise SlmSwapError("the Langfuse SDK is switched off by the environment (LANGFUSE_TRACING_ENABLED=false or "
+                               "OTEL_SDK_DISABLED=true); unset it, or set LANGFUSE_DISABLED=1 to run without tracing")
+        entry = _CLIENTS[public_key] = _Client(client, config, {t.ident for t in threading.enumerate()} - before)
+        # After the client, so it runs before the SDK's exit hook, which shutdown() removes.
+        atexit.register(lambda: _bounded(client.shutdown, EXIT_TIMEOUT_S if entry.last_flush_ok else EXIT_TIMEOUT_S / 4))
+        return entry
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float) -> tuple[bool, BaseException | None]:
+    """(finished, error) of fn on a daemon thread joined for at most timeout_s (the SDK's flush
+    waits on queues without a bound); an unfinished thread is left behind, never holding the exit."""
     outcome: dict[str, BaseException] = {}
 
     def target() -> None:
         try:
             fn()
-        except BaseException as exc:  # reported to the caller, never raised in the thread
+        except BaseException as exc:
             outcome["error"] = exc
 
-    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread = threading.Thread(target=target, name="slm-swap-langfuse", daemon=True)
     thread.start()
     thread.join(timeout_s)
     return not thread.is_alive(), outcome.get("error")
 
 
-def _forget_sdk_client(public_key: str, resources: Any = None) -> None:
-    """Drop the SDK's process-wide client for `public_key`.
+def _in_background(fn: Callable[[], Any]) -> Future:
+    """fn's result, from a daemon thread (an executor's threads would hold the exit while Langfuse hangs)."""
+    future: Future = Future()
 
-    v5 keeps one `LangfuseResourceManager` (exporter, threads, host) per public key in a class-level
-    dict, and a later `Langfuse(...)` with the same key silently reuses it, host included. Each
-    tracer must own its resources, so the entry is removed before a tracer is built and when it
-    closes. `resources` restricts removal to that instance.
-    """
-    try:
-        from langfuse._client.resource_manager import LangfuseResourceManager
-    except ImportError:  # a future SDK without the registry: nothing to forget
-        return
-    instances = getattr(LangfuseResourceManager, "_instances", None)
-    lock = getattr(LangfuseResourceManager, "_lock", None)
-    if not isinstance(instances, dict) or lock is None:
-        return
-    with lock:
-        current = instances.get(public_key)
-        if current is not None and (resources is None or current is resources):
-            del instances[public_key]
+    def target() -> None:
+        _PROBLEMS.own.active = True  # failures raise into the future; their log records are not news
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="slm-swap-langfuse-dataset", daemon=True).start()
+    return future
 
 
-def _quiet_sdk_loggers() -> None:
-    # With no logging configured, Python prints SDK warnings (retries, failed exports) through its
-    # last-resort handler: many lines per outage. flush() reports non-delivery in one line instead.
-    # A NullHandler only replaces that fallback; an application that configures logging still sees
-    # these records.
-    for name in ("langfuse", "opentelemetry"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
-            logger.addHandler(logging.NullHandler())
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)  # an API error's text carries the response's headers
+    return f"{type(exc).__name__} (HTTP {status})" if status else f"{type(exc).__name__}: {exc}"
 
 
-# -- the Langfuse tracer -------------------------------------------------------------------------
+def _sync_dataset(client: Langfuse, name: str, items: Sequence[Mapping[str, Any]],
+                  metadata: dict[str, Any]) -> tuple[str, dict[int, Any]]:
+    """(dataset name, item by index), creating what is missing. A dataset of this name holding other
+    data (another sha256) is left alone for the version name `name@<sha256[:12]>`: items never mix."""
+    sha256 = metadata["sha256"]
+    for candidate in (name, f"{name}@{sha256[:12]}"):
+        try:
+            dataset = client.get_dataset(candidate, fetch_items_page_size=100)
+        except NotFoundError:
+            client.create_dataset(name=candidate, description="SLM Swap eval split, one item per row", metadata=metadata)
+            existing: dict[str, Any] = {}
+            break
+        if isinstance(dataset.metadata, dict) and dataset.metadata.get("sha256") == sha256:
+            existing = {item.id: item for item in dataset.items}
+            break
+    else:
+        raise SlmSwapError(f"Langfuse datasets {name!r} and {candidate!r} hold other data than sha256 {sha256[:12]}")
+    ids = [hashlib.sha256(f"{candidate}\n{sha256}\n{index}".encode()).hexdigest()[:32] for index in range(len(items))]
+    missing = [index for index, item_id in enumerate(ids) if item_id not in existing]
+
+    def create(indexes: list[int]) -> None:
+        for index in indexes:  # scrubbed, not capped: the items are the data
+            item = client.create_dataset_item(dataset_name=candidate, id=ids[index], metadata={"index": index},
+                                              input=_MASK.scrub(items[index]["input"]),
+                                              expected_output=_MASK.scrub(items[index]["expected_output"]))
+            existing[item.id] = item
+
+    for writer in [_in_background(lambda part=missing[n::DATASET_WRITERS]: create(part)) for n in range(DATASET_WRITERS)]:
+        writer.result()
+    return candidate, {index: existing[item_id] for index, item_id in enumerate(ids)}
 
 
 class _LangfuseRun(Run):
-    def __init__(self, tracer: LangfuseTracer, root: Any, stack: contextlib.ExitStack):
-        self._tracer = tracer
-        self._root = root
-        self._stack = stack
-        self.trace_id = root.trace_id
+    def __init__(self, tracer: LangfuseTracer, root: Any, stack: contextlib.ExitStack, metadata: dict[str, Any]):
+        self._tracer, self._root, self._stack, self._metadata = tracer, root, stack, metadata
+        self.trace_id, self._dataset, self._experiment_name = root.trace_id, None, ""
+        self._examples: dict[int, dict[str, Any]] = {}
+        self._rates: dict[str, float] = {}
 
-    def _guard(self, what: str, fn: Any) -> None:
+    def _guard(self, what: str, fn: Callable[[], Any]) -> None:
         try:
             fn()
         except Exception as exc:  # a tracing bug must not fail the command
-            self._tracer._delivery.problem(f"could not record {what}: {type(exc).__name__}: {exc}")
+            self._tracer._note(f"could not record {what}: {type(exc).__name__}: {exc}")
 
-    def example(self, index: int, *, input: Any, output: Any, metadata: dict[str, Any]) -> None:
-        payloads = self._tracer._payloads
+    def use_dataset(self, name, items, *, metadata, experiment) -> None:
+        client, self._experiment_name = self._tracer._client, experiment
+        key = (id(client), name, metadata.get("sha256"))
+        with _LOCK:  # evals of one split in one process (a pipeline) share one upload
+            known = _DATASETS.get(key)
+            if known is None or (known.done() and known.exception() is not None):
+                known = _DATASETS[key] = _in_background(lambda: _sync_dataset(client, name, list(items), _MASK(data=metadata)))
+        self._dataset = known
 
-        def record() -> None:
-            child = self._root.start_observation(
-                name=f"example-{index}",
-                as_type="span",
-                input=payloads.value(input),
-                output=payloads.value(output),
-                metadata={"example_index": index, **(payloads.metadata(metadata) or {})},
-            )
-            child.end()
+    def example(self, index, *, input, output, metadata, scores=None, generation=None) -> None:
+        if self._dataset is not None:  # recorded as the dataset run, at flush
+            self._examples[index] = {"output": output, "scores": dict(scores or {}), "generation": dict(generation or {})}
+        else:
+            self._guard(f"example {index}", lambda: self._root.start_observation(
+                name=f"example-{index}", input=input, output=output, metadata={"example_index": index, **metadata}).end())
 
-        self._guard(f"example {index}", record)
+    def event(self, name, *, metadata) -> None:
+        self._guard(f"event {name!r}", lambda: self._root.create_event(name=name, metadata=metadata))
 
-    def event(self, name: str, *, metadata: dict[str, Any]) -> None:
-        self._guard(
-            f"event {name!r}",
-            lambda: self._root.create_event(name=name, metadata=self._tracer._payloads.metadata(metadata)),
-        )
-
-    def score(self, name: str, value: float) -> None:
+    def score(self, name, value) -> None:
         if not isinstance(value, (int, float)) or not math.isfinite(value):  # bools count as 1.0/0.0
-            self._tracer._delivery.problem(f"score {name!r} is not a finite number ({value!r}); not sent")
-            return
-        self._guard(
-            f"score {name!r}",
-            lambda: self._root.score_trace(name=name, value=float(value), data_type="NUMERIC"),
-        )
+            return self._tracer._note(f"score {name!r} is not a finite number ({value!r}); not sent")
+        self._rates[name] = float(value)
+        self._guard(f"score {name!r}", lambda: self._root.score_trace(name=name, value=float(value), data_type="NUMERIC"))
 
-    def update(self, output: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> None:
-        if output is None and not metadata:
-            return
-        payloads = self._tracer._payloads
-        self._guard(
-            "the run's output",
-            lambda: self._root.update(output=payloads.value(output), metadata=payloads.metadata(metadata)),
-        )
+    def update(self, output=None, metadata=None) -> None:
+        if output is not None or metadata:
+            self._guard("the run's output", lambda: self._root.update(output=output, metadata=metadata))
 
     def _end(self, error: BaseException | None) -> None:
-        if error is not None:
-            # Set the error ourselves and leave the span's context without the exception: OTel
-            # would otherwise attach the raw message and stack trace, past the secret scrub.
-            message = self._tracer._payloads.message(f"{type(error).__name__}: {error}".rstrip(": "))
+        if error is not None:  # set by hand and kept from OpenTelemetry, which would record the raw text
+            message = _truncate(_MASK.text(f"{type(error).__name__}: {error}".rstrip(": ")))
             self._guard("the error", lambda: self._root.update(level="ERROR", status_message=message))
         self._guard("the end of the run", self._stack.close)
+        if error is None and self._dataset is not None and self._examples:
+            self._tracer._experiments.append(self)
+
+    def _publish(self) -> None:
+        """The dataset run: `run_experiment` over the recorded examples (on flush's worker)."""
+        dataset, items = self._dataset.result()
+        client, examples = self._tracer._client, self._examples
+
+        def task(*, item: Any, **_: Any) -> Any:
+            example = examples[item.metadata["index"]]
+            if generation := example["generation"]:  # ends after its measured latency
+                usage = {"input": generation.get("prompt_tokens"), "output": generation.get("completion_tokens")}
+                started_ns = time.time_ns()
+                client.start_observation(name="generation", as_type="generation", model=generation.get("model"),
+                                         input=item.input, output=example["output"],
+                                         usage_details={k: v for k, v in usage.items() if v is not None},
+                                         ).end(end_time=started_ns + int(generation.get("latency_s", 0) * 1e9))
+            return example["output"]
+
+        def metrics(*, metadata: Any, **_: Any) -> list[Evaluation]:
+            return [Evaluation(name=k, value=float(v)) for k, v in examples[metadata["index"]]["scores"].items()]
+
+        def rates(**_: Any) -> list[Evaluation]:
+            return [Evaluation(name=name, value=value) for name, value in self._rates.items()]
+
+        tags = {**self._metadata, "langfuse_trace_id": self.trace_id}
+        result = client.run_experiment(
+            name=self._experiment_name, description=f"SLM Swap eval, command trace {self.trace_id}",
+            data=[items[index] for index in sorted(examples) if index in items], task=task, evaluators=[metrics],
+            run_evaluators=[rates], metadata={k: str(v) for k, v in tags.items() if isinstance(v, (str, int, float))})
+        self.experiment = {"dataset": dataset, "run": result.run_name, "id": result.experiment_id, "url": result.experiment_url}
 
 
 class LangfuseTracer(Tracer):
-    """Langfuse v5 SDK client, built explicitly from `Settings` and isolated from any other client."""
+    """Traces through the process's Langfuse client; `flush()` takes at most `flush_timeout_s`."""
 
     def __init__(self, settings: Settings, *, flush_timeout_s: float = 10.0):
         if not flush_timeout_s > 0:
             raise ValueError("flush_timeout_s must be positive")
-        # Checked even under LANGFUSE_DISABLED=1: a blank key would make the SDK read the environment.
-        _require_langfuse_settings(settings)
-        self._flush_timeout_s = float(flush_timeout_s)
-        required = _langfuse_settings(settings)
-        self._host = required["LANGFUSE_HOST"].rstrip("/")
-        public_key = required["LANGFUSE_PUBLIC_KEY"]
-        secret_key = required["LANGFUSE_SECRET_KEY"]
-        self._payloads = _Payloads(settings)
-        self._delivery = _Delivery()
-        self._closed = False
-        self._last_flush_ok: bool | None = None
-        _quiet_sdk_loggers()
-
-        # One request (with the exporter's retries) must fit in one flush.
-        request_timeout_s = max(0.5, min(self._flush_timeout_s, 10.0))
-
-        # Our own TracerProvider, never the global one: the SDK would otherwise install its provider
-        # globally (and pick up whatever another library registered), which leaks between tracers.
-        # The resource is built by hand, not Resource.create(), so nothing from OTEL_RESOURCE_ATTRIBUTES
-        # or resource detectors goes on the wire; ALWAYS_ON ignores OTEL_TRACES_SAMPLER.
-        self._provider = TracerProvider(
-            resource=Resource({"service.name": "slm-swap"}),
-            sampler=ALWAYS_ON,
-            shutdown_on_exit=False,  # close() shuts it down, with a bound
-        )
-        self._provider.add_span_processor(_EndedSpanCounter(self._delivery))
-
-        # The exporter is built here rather than by the SDK so its outcome can be observed; the
-        # endpoint and headers are the SDK's defaults (5.0.4 LangfuseSpanProcessor).
-        session = _NotingSession()
-        basic_auth = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
-        otlp = OTLPSpanExporter(
-            endpoint=f"{self._host}{OTEL_TRACES_PATH}",
-            headers={
-                "Authorization": f"Basic {basic_auth}",
-                "x-langfuse-sdk-name": "python",
-                "x-langfuse-sdk-version": langfuse_version,
-                "x-langfuse-public-key": public_key,
-                "x-langfuse-ingestion-version": "4",
-            },
-            timeout=request_timeout_s,
-            compression=Compression.Gzip,  # what the SDK sends by default; Langfuse decodes gzip
-            session=session,
-        )
-        self._exporter = _CountingExporter(otlp, session, self._delivery)
-        self._http = _NotingHttpxClient(self._delivery, timeout=request_timeout_s)
-
-        _forget_sdk_client(public_key)  # never reuse another tracer's client (and host)
-        try:
-            # Every setting is passed explicitly: base_url (not the deprecated host, which
-            # LANGFUSE_BASE_URL in the environment would override), sampling, batching, timeouts.
-            self._client = Langfuse(
-                public_key=public_key,
-                secret_key=secret_key,
-                base_url=self._host,
-                timeout=max(1, round(request_timeout_s)),
-                httpx_client=self._http,
-                tracing_enabled=True,
-                sample_rate=1.0,
-                flush_at=512,
-                flush_interval=5.0,
-                media_upload_thread_count=1,
-                tracer_provider=self._provider,
-                span_exporter=self._exporter,
-            )
+        _require_langfuse_settings(settings)  # even under LANGFUSE_DISABLED=1: blank keys make the SDK read the env
+        self._bound, self._host = float(flush_timeout_s), _langfuse_settings(settings)["LANGFUSE_HOST"]
+        try:  # one request with its retries fits in a flush
+            self._entry = _client(settings, request_timeout_s=max(1, min(5, int(self._bound / 2))))
+        except (SlmSwapError, ValueError):
+            raise
         except Exception as exc:
-            raise SlmSwapError(f"could not start Langfuse tracing: {type(exc).__name__}: {exc}") from exc
+            raise SlmSwapError(f"could not start Langfuse tracing: {_describe(exc)}") from exc
+        self._client, self._experiments, self._notes = self._entry.langfuse, [], []
 
-        self._resources = getattr(self._client, "_resources", None)
-        if self._resources is None or isinstance(getattr(self._client, "_otel_tracer", None), otel_trace_api.NoOpTracer):
-            self.close()
-            raise SlmSwapError(
-                "the Langfuse SDK is switched off by the environment (LANGFUSE_TRACING_ENABLED=false or "
-                "OTEL_SDK_DISABLED=true); unset it, or set LANGFUSE_DISABLED=1 to run without tracing"
-            )
-        # The SDK registers an unbounded flush-and-join at interpreter exit; ours is bounded.
-        atexit.unregister(self._resources.shutdown)
-        atexit.register(self.close)
+    def _note(self, text: str) -> None:
+        self._notes.append(" ".join(_MASK.text(text).split())[:300])
 
     @contextlib.contextmanager
     def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Iterator[Run]:
-        run = self._start_run(name, input=input, metadata=metadata)
+        stack = contextlib.ExitStack()
+        try:  # from an empty OpenTelemetry context: a trace of its own, even inside another run
+            stack.callback(otel_context.detach, otel_context.attach(otel_context.Context()))
+            root = stack.enter_context(self._client.start_as_current_observation(name=name, input=input, metadata=metadata))
+            short = {k: v for k, v in _MASK(data=metadata).items() if isinstance(v, (str, int, float, bool))
+                     and v != REDACTED and len(json.dumps(v)) <= 200}  # the SDK drops longer trace metadata
+            stack.enter_context(propagate_attributes(trace_name=name, metadata=short or None))
+            run: Run = _LangfuseRun(self, root, stack, metadata)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                stack.close()
+            self._note(f"could not start run {name!r}: {type(exc).__name__}: {exc}")
+            run = NullRun()
         try:
             yield run
         except BaseException as exc:
             if isinstance(run, _LangfuseRun):
                 run._end(error=exc)
             raise
-        else:
-            if isinstance(run, _LangfuseRun):
-                run._end(error=None)
-
-    def _start_run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Run:
-        if self._closed:
-            self._delivery.problem(f"run {name!r} started after the tracer was closed")
-            return NullRun()
-        stack = contextlib.ExitStack()
-        try:
-            scrubbed_metadata = self._payloads.metadata(metadata)
-            # Start from an empty OpenTelemetry context, so a run is always a new trace of its own,
-            # even when started inside another run (compare calling eval, say).
-            stack.callback(otel_context_api.detach, otel_context_api.attach(otel_context_api.Context()))
-            root = stack.enter_context(
-                self._client.start_as_current_observation(
-                    name=name, as_type="span", input=self._payloads.value(input), metadata=scrubbed_metadata
-                )
-            )
-            # Trace name and short metadata (e.g. prefect_flow_run_id) at the trace level: set on the
-            # root and propagated to every observation created inside the run.
-            stack.enter_context(propagate_attributes(trace_name=name, metadata=_trace_metadata(scrubbed_metadata)))
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                stack.close()
-            self._delivery.problem(f"could not start run {name!r}: {type(exc).__name__}: {exc}")
-            return NullRun()
-        return _LangfuseRun(self, root, stack)
+        if isinstance(run, _LangfuseRun):
+            run._end(error=None)
 
     def flush(self) -> bool:
-        notes = []  # about this flush only; lost spans and scores stay in self._delivery for good
-        if not self._closed:
-            finished, error = _run_bounded(self._client.flush, self._flush_timeout_s, "slm-swap-trace-flush")
-            if error is not None:
-                notes.append(f"flush failed: {type(error).__name__}: {error}")
-            if not finished:
-                notes.append(f"flush did not finish within {self._flush_timeout_s:g}s")
-        problems = self._delivery.problems() + [" ".join(note.split()) for note in notes]
-        self._last_flush_ok = not problems
+        runs, self._experiments = self._experiments, []
+        late, stage, worker = [], ["the flush"], set()  # written by the worker, which may outlive the bound
+
+        def work() -> None:
+            worker.add(threading.get_ident())
+            for run in runs:
+                stage[0] = f"experiment {run._experiment_name!r}"
+                try:
+                    run._publish()
+                except Exception as exc:
+                    late.append(f"{stage[0]} not recorded: {_describe(exc)}")
+            stage[0] = "the flush"
+            self._client.flush()
+
+        finished, error = _bounded(work, self._bound)
+        for text in list(late) + ([f"flush failed: {_describe(error)}"] if error else []) \
+                + ([] if finished else [f"{stage[0]} did not finish within {self._bound:g}s"]):
+            self._note(text)
+        if sdk := _PROBLEMS.drain(self._entry.threads | worker | {threading.get_ident()}):
+            self._note(sdk)
+        problems, self._notes = self._notes, []
+        self._entry.last_flush_ok = not problems
         if problems:
             print(f"warning: traces were not delivered to Langfuse at {self._host}: {'; '.join(problems)}", file=sys.stderr)
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        atexit.unregister(self.close)
-        resources = getattr(self, "_resources", None)
-        client = getattr(self, "_client", None)
-
-        def shutdown() -> None:
-            if client is not None:
-                client.shutdown()  # flushes, then stops the score and media threads
-            self._provider.shutdown()  # stops the span batch thread and the exporter
-            self._http.close()
-
-        if resources is not None:
-            atexit.unregister(resources.shutdown)
-            _forget_sdk_client(resources.public_key, resources)
-        bound_s = self._flush_timeout_s
-        if self._last_flush_ok is False:
-            # flush() already told the user Langfuse is unreachable: stop retrying (shutting the
-            # exporter down aborts its backoff) rather than spend the whole bound again.
-            with contextlib.suppress(Exception):
-                self._exporter.shutdown()
-            bound_s = min(bound_s, 1.0)
-        _run_bounded(shutdown, bound_s, "slm-swap-trace-close")
+        return not problems

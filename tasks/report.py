@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from slm_swap.config import load_settings
 from slm_swap.pipeline import PipelineConfig
 from slm_swap.report import TrackReport, summary, table_rows, write_report
-from slm_swap.tracing import trace_url
+from slm_swap.tracing import comparison_url, trace_url
 
 REPORT_KEY = "slm-swap-report"
 METRICS_KEY = "slm-swap-metrics"
@@ -22,7 +22,7 @@ METRICS_KEY = "slm-swap-metrics"
 def build_report(config: PipelineConfig, reports: list[TrackReport], flow_run_id: str | None = None) -> dict[str, Any]:
     settings = load_settings()
     files, text = write_report(reports, config.eval_dir, flow_run_id=flow_run_id,
-                               trace_url=lambda trace_id: trace_url(settings, trace_id))
+                               trace_url=lambda trace_id: trace_url(settings, trace_id), comparison_url=comparison_url)
     create_markdown_artifact(text, key=REPORT_KEY, description="SLM Swap: decisions, metrics and Langfuse traces")
     create_table_artifact(table_rows(reports), key=METRICS_KEY, description="hosted vs SLM (vs fine-tuned SLM) per metric")
     return {**summary(reports, flow_run_id=flow_run_id),

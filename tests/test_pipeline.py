@@ -47,7 +47,7 @@ from slm_swap.pipeline import (  # noqa: E402
 from slm_swap.report import TrackReport, decisions_text, markdown, table_rows, write_report  # noqa: E402
 from slm_swap.training.launch import CPU_CONFIG  # noqa: E402
 
-PUBLIC_KEY, SECRET_KEY = "pk-lf-pipeline", "sk-lf-pipeline-SECRET-5c1e"
+SECRET_KEY = "sk-lf-pipeline-SECRET-5c1e"
 
 
 def decision(track: str = "toolcall", gap: int = 2, trace_id: str | None = None) -> Decision:
@@ -347,13 +347,13 @@ def test_better_hosted_side_takes_the_training_branch_by_itself(prefect_api, xla
     with LangfuseReceiver() as receiver, OpenAIStub(responder(xlam_data_dir, ("toolcall",))) as stub:
         hosted_env(stub)
         monkeypatch.delenv("LANGFUSE_DISABLED", raising=False)
-        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", receiver.public_key)  # one SDK client per key and process
         monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
         monkeypatch.setenv("LANGFUSE_HOST", receiver.url)
         monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
         flow_run_id, summary = run_pipeline(config)
         # 4 baseline evals + 2 compares + train + re-eval + final compare
-        assert receiver.wait_until(lambda r: len(r.trace_ids()) == 9, timeout_s=15)
+        assert receiver.wait_until(lambda r: len(r.command_trace_ids()) == 9, timeout_s=15)
 
     eval_dir, adapter = tmp_path / "05_eval", tmp_path / "04_ft" / "adapter_toolcall"
     assert summary["flow_run_id"] == flow_run_id
@@ -406,7 +406,18 @@ def test_better_hosted_side_takes_the_training_branch_by_itself(prefect_api, xla
     ids = {json.loads(p.read_text())["langfuse_trace_id"] for p in eval_dir.glob("*_test.json")}
     ids |= {toolcall["decision"]["langfuse_trace_id"], structured["decision"]["langfuse_trace_id"],
             toolcall["final_decision"]["langfuse_trace_id"], manifest["langfuse_trace_id"]}
-    assert None not in ids and len(ids) == 9 and ids == receiver.trace_ids()
+    assert None not in ids and len(ids) == 9 and ids == receiver.command_trace_ids()
+    # Each track's split is one Langfuse dataset; hosted, SLM (and fine-tuned SLM) are runs of it,
+    # linked side by side from the report.
+    runs = receiver.experiment_runs()
+    for track, sides in (("toolcall", ("azure", "slm", "slm_ft")), ("structured", ("azure", "slm"))):
+        experiments = [json.loads((eval_dir / f"{track}_{side}_test.json").read_text())["langfuse_experiment"] for side in sides]
+        dataset = receiver.datasets[f"slm-swap/xlam/{track}/test"]
+        assert {e["dataset"] for e in experiments} == {dataset["name"]}
+        assert [runs[e["id"]]["dataset_id"] for e in experiments] == [dataset["id"]] * len(sides)
+        assert all(len(runs[e["id"]]["item_ids"]) == 3 for e in experiments)  # limit=3
+        comparison = f"?baseline={experiments[0]['id']}" + "".join(f"&c={e['id']}" for e in experiments[1:])
+        assert comparison in (eval_dir / "report.md").read_text()
     assert {f"langfuse:{i}" for i in ids} <= set(graph["run"].tags)
     assert f"langfuse:{manifest['langfuse_trace_id']}" in child.tags
     # ...and the traces point back at the flow runs (evals: the parent; training: the subflow).

@@ -18,12 +18,16 @@ EVAL_BATCH_SIZE = 64
 
 @dataclass(frozen=True)
 class Completion:
-    """One request's outcome: `text` is the raw model output, or None with `error` set."""
+    """One request's outcome: `text` is the raw model output, or None with `error` set; the model
+    that answered and its token counts when known (recorded as a Langfuse generation)."""
 
     index: int
     text: str | None
     error: str | None = None
     latency_s: float = 0.0
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,

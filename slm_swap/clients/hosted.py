@@ -102,10 +102,12 @@ class HostedClient:
             self.identity = f"azure:{deployment}@{_host(endpoint)}"
 
     def complete_one(self, messages: list[dict[str, str]]) -> str:
-        response = self.client.chat.completions.create(
+        return self._create(messages).choices[0].message.content or ""
+
+    def _create(self, messages: list[dict[str, str]]):
+        return self.client.chat.completions.create(
             model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
         )
-        return response.choices[0].message.content or ""
 
     def complete(self, messages_list: list[list[dict[str, str]]]) -> Iterator[Completion]:
         """Completions in the order they finish (each carries its index).
@@ -146,8 +148,12 @@ class HostedClient:
     def _one(self, index: int, messages: list[dict[str, str]]) -> Completion:
         started = time.perf_counter()
         try:
-            text = self.complete_one(messages)
-            return Completion(index, self.scrub(text), None, time.perf_counter() - started)
+            response = self._create(messages)
+            text, usage = response.choices[0].message.content or "", response.usage
+            # The model that answered (Azure names the model, not the deployment) and its token
+            # counts: Langfuse prices the generation from them.
+            return Completion(index, self.scrub(text), None, time.perf_counter() - started, response.model or self.model,
+                              usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
         except openai.OpenAIError as exc:
             return Completion(index, None, self.scrub(_describe(exc)), time.perf_counter() - started)
 

@@ -168,7 +168,8 @@ class LocalModel:
             chunk = order[start : start + self.batch_size]
             started = time.perf_counter()
             for position, generation in self.stream([prompts[i] for i in chunk], adapter):
-                yield Completion(chunk[position], generation.text, None, time.perf_counter() - started)
+                yield Completion(chunk[position], generation.text, None, time.perf_counter() - started,
+                                 self.model_path.name, generation.prompt_tokens, generation.completion_tokens)
 
 
 def local_identity(model_path: Path, quantization: str | None) -> str:
