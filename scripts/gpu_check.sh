@@ -50,8 +50,8 @@ case "${1:-}" in
     ;;
   run)
     shift
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu_check/wheels/*.whl
-    export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LANGFUSE_DISABLED=1 PYTHONUNBUFFERED=1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .gpu_check/site .gpu_check/wheels/*.whl
+    export PYTHONPATH="$PWD/.gpu_check/site" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LANGFUSE_DISABLED=1 PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 scripts/gpu_check.py --model-files .gpu_check/smollm2 --out "${OUT:-.}/gpu_check.json" "$@"
     ;;
