@@ -190,7 +190,9 @@ def test_the_error_budget_does_not_wait_for_requests_in_flight(xlam_data_dir, tm
         elapsed = time.monotonic() - started
     assert elapsed < 5, elapsed
     assert "requests failed (budget 1" in capsys.readouterr().err
-    assert len(stub.requests) <= 5  # no new request started once the budget was spent
+    # Four at first; each worker whose request failed may start one more (which then hangs) before
+    # the budget is seen as spent; none starts after that: at most 7 of the 12.
+    assert len(stub.requests) <= 7
 
 
 def test_the_hosted_client_is_closed_after_an_eval(xlam_data_dir, tmp_path, azure_env, monkeypatch):
