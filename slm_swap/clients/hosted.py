@@ -101,9 +101,6 @@ class HostedClient:
             self.model = deployment
             self.identity = f"azure:{deployment}@{_host(endpoint)}"
 
-    def complete_one(self, messages: list[dict[str, str]]) -> str:
-        return self._create(messages).choices[0].message.content or ""
-
     def _create(self, messages: list[dict[str, str]]):
         return self.client.chat.completions.create(
             model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens
