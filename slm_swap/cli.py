@@ -134,6 +134,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return FINE_TUNE_EXIT if decision.fine_tune else 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from slm_swap.config import load_settings
+    from slm_swap.data.prepare import load_source
+    from slm_swap.trajectories.capture import hosted_teacher
+    from slm_swap.trajectories.runs import traced_capture
+
+    if args.limit is not None and args.limit < 1:
+        raise SlmSwapError(f"--limit must be >= 1, got {args.limit}")
+    examples, _, source = load_source(args.source, args.dataset_path, tuple(args.category or ()))
+    seen: set[str] = set()
+    examples = [e for e in examples if not (e.request in seen or seen.add(e.request))][: args.limit]  # one per task text
+    settings = load_settings()
+    teacher = hosted_teacher(settings, timeout_s=args.timeout, max_retries=args.max_retries)
+    summary = traced_capture(settings, examples, source, out=Path(args.out), teacher=teacher, max_steps=args.max_steps,
+                             tools_spec=args.tools, concurrency=args.concurrency, resume=args.resume,
+                             max_errors=args.max_errors)
+    print(f"{summary['out']}: {summary['n']} trajectories ({summary['captured_this_run']} this run), "
+          f"{summary['finished']} finished, {summary['errors']} failed requests, {summary['wall_s']:.1f} s")
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from slm_swap.config import load_settings
+    from slm_swap.trajectories.runs import traced_filter
+
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.trajectories).parent
+    summary = traced_filter(load_settings(), Path(args.trajectories), out_dir, max_steps=args.max_steps)
+    reasons = ", ".join(f"{k}={v}" for k, v in summary["reasons"].items()) or "none"
+    print(f"{out_dir}/accepted.jsonl: {summary['accepted']} of {summary['n']} accepted "
+          f"({summary['acceptance_rate']:.1%}); rejected: {reasons}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from slm_swap.config import load_settings
+    from slm_swap.trajectories.runs import traced_build
+
+    manifest = traced_build(load_settings(), Path(args.accepted), Path(args.out_dir), val=args.val, test=args.test,
+                            seed=args.seed)
+    print(f"wrote {args.out_dir}/{{structured,toolcall,agent}}/{{train,val,test}}.jsonl sizes={manifest['sizes']}")
+    return 0
+
+
 def cmd_prompts_export(args: argparse.Namespace) -> int:
     from slm_swap.fileio import write_json
     from slm_swap.prompts import export_prompts
@@ -278,6 +321,43 @@ def build_parser() -> argparse.ArgumentParser:
                       help="largest gap tolerated on a core metric, as a decimal; decided exactly on pass counts (default: %(default)s)")
     comp.set_defaults(func=cmd_compare)
 
+    from slm_swap.config import DEFAULT_DISTILL_DIR, DEFAULT_TRAJECTORIES_DIR
+
+    cap = commands.add_parser(
+        "capture", help="run the hosted model as a CodeAct agent over a source's rows; one trajectory per request",
+        description="Run the hosted model (the same settings and client as `eval`) as a smolagents CodeAct agent over "
+                    "a source's rows. Tools are made from each row's function signatures and, unless --tools names "
+                    "real ones, call no API: they check the arguments, record the call and return a deterministic "
+                    "simulated result. Model-written code runs only in smolagents' restricted local executor.")
+    cap.add_argument("--source", choices=("bfcl", "xlam"), default="bfcl", help="(default: %(default)s)")
+    cap.add_argument("--dataset-path", help="--source xlam: the xLAM-60k file")
+    cap.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
+    cap.add_argument("--limit", type=int, help="first N rows only")
+    cap.add_argument("--out", default=str(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl"), help="(default: %(default)s)")
+    cap.add_argument("--max-steps", type=int, default=4, help="model turns per task (default: %(default)s)")
+    cap.add_argument("--tools", default="slm_swap.trajectories.codeact:simulated_tools", metavar="MODULE:FACTORY",
+                     help="callable(signatures) -> list of smolagents Tools (default: simulated tools)")
+    cap.add_argument("--resume", action="store_true", help="finish an interrupted capture; finished requests are not asked again")
+    cap.add_argument("--concurrency", type=int, default=8, help="trajectories in flight (default: %(default)s)")
+    cap.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    cap.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/timeouts (default: %(default)s)")
+    cap.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of rows, at least 1)")
+    cap.set_defaults(func=cmd_capture)
+
+    filt = commands.add_parser("filter", help="keep the trajectories that pass automatic correctness checks")
+    filt.add_argument("--trajectories", default=str(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl"), help="(default: %(default)s)")
+    filt.add_argument("--out-dir", help="where accepted.jsonl, rejected.jsonl and filter.json go (default: the trajectories' folder)")
+    filt.add_argument("--max-steps", type=int, help="step limit to check (default: each trajectory's capture limit)")
+    filt.set_defaults(func=cmd_filter)
+
+    bld = commands.add_parser("build", help="accepted trajectories -> {structured,toolcall,agent}/{train,val,test}.jsonl")
+    bld.add_argument("--accepted", default=str(DEFAULT_TRAJECTORIES_DIR / "accepted.jsonl"), help="(default: %(default)s)")
+    bld.add_argument("--out-dir", default=str(DEFAULT_DISTILL_DIR), help="(default: %(default)s)")
+    bld.add_argument("--val", type=int, default=8, help="validation tasks (default: %(default)s)")
+    bld.add_argument("--test", type=int, default=8, help="test tasks, drawn first (default: %(default)s)")
+    bld.add_argument("--seed", type=int, default=0, help="shuffle seed; same seed, same bytes (default: %(default)s)")
+    bld.set_defaults(func=cmd_build)
+
     prompts = commands.add_parser("prompts", help="the prompt templates")
     prompts_commands = prompts.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
     export = prompts_commands.add_parser("export", help="write the templates as JSON (for the Mastra client)")
@@ -312,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands whose behaviour depends on the environment: they say at start what they resolved.
-COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline")
+COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline", "capture", "filter", "build")
 
 
 def _log_settings() -> None:

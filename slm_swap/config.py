@@ -22,6 +22,8 @@ PACKAGE_DIR = Path(__file__).parent
 DEFAULT_DATA_DIR = PACKAGE_DIR / "02_dataset"
 DEFAULT_FT_DIR = PACKAGE_DIR / "04_ft"
 DEFAULT_EVAL_DIR = PACKAGE_DIR / "05_eval"
+DEFAULT_TRAJECTORIES_DIR = PACKAGE_DIR / "03_trajectories"
+DEFAULT_DISTILL_DIR = DEFAULT_DATA_DIR / "distill"  # `build`'s splits from accepted trajectories
 
 
 class Settings(BaseSettings):

@@ -64,15 +64,20 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise SlmSwapError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_jsonl(path: Path, what: str = "file") -> list[Any]:
-    """Parse a JSONL file; a bad line is reported as `path:line`."""
+def read_lines(path: Path, what: str = "file") -> list[str]:
+    """A text file's lines, or one line saying why it cannot be read."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise SlmSwapError(f"{path}: no such {what}") from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise SlmSwapError(f"{path}: cannot read {what}: {exc}") from None
+
+
+def read_jsonl(path: Path, what: str = "file") -> list[Any]:
+    """Parse a JSONL file; a bad line is reported as `path:line`."""
+    lines = read_lines(path, what)
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -25,7 +25,7 @@ from slm_swap.prompts import build_messages
 from slm_swap.tracing import open_tracer, trace_url
 
 
-def _announce(settings: Settings, kind: str, trace_id: str | None, experiment: dict[str, Any] | None = None) -> None:
+def announce_trace(settings: Settings, kind: str, trace_id: str | None, experiment: dict[str, Any] | None = None) -> None:
     if trace_id:
         url = trace_url(settings, trace_id)
         print(f"langfuse trace ({kind}): {trace_id}" + (f" {url}" if url else ""), file=sys.stderr)
@@ -101,7 +101,7 @@ def traced_eval(
         if run.experiment:  # the dataset run this eval became, for the report's comparison link
             document = {**document, "langfuse_experiment": run.experiment}
             write_json(out, document)
-    _announce(settings, "eval", document["langfuse_trace_id"], document.get("langfuse_experiment"))
+    announce_trace(settings, "eval", document["langfuse_trace_id"], document.get("langfuse_experiment"))
     return document
 
 
@@ -132,5 +132,5 @@ def traced_compare(
             run.score("fine_tune", float(decision.fine_tune))
             run.update(output=summary)
         tracer.flush()
-    _announce(settings, "compare", decision.langfuse_trace_id)
+    announce_trace(settings, "compare", decision.langfuse_trace_id)
     return decision

@@ -85,6 +85,17 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = None
     n: int = 1
     stream: bool = False
+    stop: str | list[str] | None = None
+
+    def stop_sequences(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text before the first stop sequence (OpenAI leaves the sequence out), and whether one was
+    found. Applied to the finished generation: the decoder itself stops only at end-of-turn tokens."""
+    found = [text.index(stop) for stop in stops if stop in text]
+    return (text[: min(found)], True) if found else (text, False)
 
 
 @dataclass
@@ -280,6 +291,7 @@ def create_app(
             result = waiting.result()
         except Exception as exc:
             return _error(500, f"Generation failed: {type(exc).__name__}: {exc}", "server_error")
+        text, stopped = cut_at_stop(result.text, chat_request.stop_sequences())
         return JSONResponse(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -289,8 +301,8 @@ def create_app(
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop" if stopped else result.finish_reason,
                     }
                 ],
                 "usage": {

@@ -127,6 +127,12 @@ class Run:
         """One example: its item's trace in the dataset run, else a child observation. `scores`:
         its metrics; `generation`: model, prompt_tokens, completion_tokens, latency_s."""
 
+    def child(self, name: str, *, input: Any, output: Any, metadata: dict[str, Any],
+              children: Sequence[Mapping[str, Any]] = ()) -> None:
+        """A child observation with children of its own (e.g. a trajectory and its steps). Each child:
+        `name`, `input`, `output`, `metadata`, and `generation` (model, prompt_tokens,
+        completion_tokens, latency_s) to record it as a model call."""
+
     def event(self, name: str, *, metadata: dict[str, Any]) -> None:
         """A point-in-time event, e.g. compare's decision."""
 
@@ -401,6 +407,24 @@ class _LangfuseRun(Run):
         else:
             self._guard(f"example {index}", lambda: self._root.start_observation(
                 name=f"example-{index}", input=input, output=output, metadata={"example_index": index, **metadata}).end())
+
+    def child(self, name, *, input, output, metadata, children=()) -> None:
+        def record() -> None:
+            parent = self._root.start_observation(name=name, input=input, output=output, metadata=metadata)
+            for entry in children:
+                generation = entry.get("generation")
+                common = {"name": entry["name"], "input": entry.get("input"), "output": entry.get("output"),
+                          "metadata": entry.get("metadata")}
+                if generation:
+                    usage = {"input": generation.get("prompt_tokens"), "output": generation.get("completion_tokens")}
+                    parent.start_observation(as_type="generation", model=generation.get("model"),
+                                             usage_details={k: v for k, v in usage.items() if v is not None},
+                                             **common).end()
+                else:
+                    parent.start_observation(**common).end()
+            parent.end()
+
+        self._guard(f"observation {name!r}", record)
 
     def event(self, name, *, metadata) -> None:
         self._guard(f"event {name!r}", lambda: self._root.create_event(name=name, metadata=metadata))

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <out>.checkpoints/")
     parser.add_argument("--sampling", default="group_by_length", choices=("group_by_length", "random"),
                         help="batch formation (default: %(default)s)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32 for the "
+                             "same numbers on every CPU (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default: %(default)s)")
     return parser
@@ -72,7 +75,7 @@ def _train(args: argparse.Namespace) -> dict | None:
         backend=args.backend,
         overwrite=args.overwrite,
         resume=args.resume,
-        sampling=args.sampling,
+        sampling=args.sampling, precision=args.precision,
         max_steps=args.max_steps,
         save_steps=args.save_steps,
     )

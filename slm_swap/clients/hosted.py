@@ -15,9 +15,7 @@ Prefect's database.
 from __future__ import annotations
 
 import math
-import queue
 import re
-import threading
 import time
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -27,6 +25,7 @@ import openai
 from slm_swap.clients import MAX_NEW_TOKENS, Completion
 from slm_swap.config import Settings
 from slm_swap.errors import SlmSwapError
+from slm_swap.workers import in_threads
 
 _DEPLOYMENT_IN_ENDPOINT = re.compile(r"^(?P<root>.+?)/openai/deployments/(?P<name>[^/?#]+)/?$")
 
@@ -107,40 +106,9 @@ class HostedClient:
         )
 
     def complete(self, messages_list: list[list[dict[str, str]]]) -> Iterator[Completion]:
-        """Completions in the order they finish (each carries its index).
-
-        Requests run on `concurrency` daemon threads. When the caller stops early (the error
-        budget, Ctrl-C) no new request starts, and those in flight are abandoned rather than
-        awaited: a blocked HTTP read cannot be interrupted, and a thread pool would hold the
-        command (even its exit) until each one ended, up to timeout x retries."""
-        pending: queue.SimpleQueue[tuple[int, list[dict[str, str]]]] = queue.SimpleQueue()
-        for item in enumerate(messages_list):
-            pending.put(item)
-        finished: queue.SimpleQueue[Completion | BaseException] = queue.SimpleQueue()
-        stop = threading.Event()
-
-        def work() -> None:
-            while not stop.is_set():
-                try:
-                    index, messages = pending.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    finished.put(self._one(index, messages))
-                except BaseException as exc:  # not an API error: a bug, handed to the caller to raise
-                    finished.put(exc)
-                    return
-
-        for number in range(min(self.concurrency, len(messages_list))):
-            threading.Thread(target=work, name=f"hosted-{number}", daemon=True).start()
-        try:
-            for _ in messages_list:
-                outcome = finished.get()
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                yield outcome
-        finally:
-            stop.set()
+        """Completions in the order they finish (each carries its index), `concurrency` requests at
+        a time; when the caller stops early, requests in flight are abandoned (see `workers`)."""
+        return in_threads(messages_list, self._one, self.concurrency, "hosted")
 
     def _one(self, index: int, messages: list[dict[str, str]]) -> Completion:
         started = time.perf_counter()
@@ -152,7 +120,7 @@ class HostedClient:
             return Completion(index, self.scrub(text), None, time.perf_counter() - started, response.model or self.model,
                               usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
         except openai.OpenAIError as exc:
-            return Completion(index, None, self.scrub(_describe(exc)), time.perf_counter() - started)
+            return Completion(index, None, self.scrub(describe_api_error(exc)), time.perf_counter() - started)
 
     def close(self) -> None:
         self.client.close()
@@ -163,7 +131,7 @@ def _host(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def _describe(exc: openai.OpenAIError) -> str:
+def describe_api_error(exc: openai.OpenAIError) -> str:
     """A short, secret-free description: status and the server's message, never the request."""
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", "") or exc).splitlines()[0][:300]

@@ -67,8 +67,12 @@ def write_dataset(
     source: dict[str, Any],
     skipped: Counter,
     seed: int,
+    extra_files: dict[str, str] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write both tracks under `out_dir`, replacing earlier track folders only once all is written."""
+    """Write both tracks under `out_dir`, replacing earlier folders only once all is written.
+    `extra_files` (path under `out_dir` -> text, e.g. `agent/train.jsonl`) are written and swapped
+    in with them; `extra_manifest` adds keys to `dataset.json`."""
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out-dir")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
@@ -84,6 +88,9 @@ def write_dataset(
                         {"id": e.id, "possible_answer": e.possible_answer, "functions": e.functions} for e in examples
                     )
                     atomic_write_text(staging / track / f"{split}.answers.jsonl", jsonl_text(answers))
+        for relative, text in (extra_files or {}).items():
+            atomic_write_text(staging / relative, text)
+            files[relative] = sha256_file(staging / relative)
         manifest = {
             "source": source,
             "seed": seed,
@@ -91,22 +98,23 @@ def write_dataset(
             "skipped": dict(sorted(skipped.items())),
             "ids": {split: [example.id for example in examples] for split, examples in splits.items()},
             "sha256": files,
+            **(extra_manifest or {}),
         }
-        _swap_in(staging, out_dir)
+        _swap_in(staging, out_dir, sorted({*TRACKS, *(Path(p).parts[0] for p in extra_files or {})}))
         write_json(out_dir / "dataset.json", manifest)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
+def _swap_in(staging: Path, out_dir: Path, folders: list[str]) -> None:
     retired = Path(tempfile.mkdtemp(prefix=".old-", dir=out_dir))
     try:
-        for track in TRACKS:
-            target = out_dir / track
+        for folder in folders:
+            target = out_dir / folder
             if target.exists():
-                target.rename(retired / track)
-            (staging / track).rename(target)
+                target.rename(retired / folder)
+            (staging / folder).rename(target)
     finally:
         shutil.rmtree(retired, ignore_errors=True)
 

@@ -28,6 +28,7 @@ from slm_swap.tracing import NullRun, Run
 
 MANIFEST = "slm_swap_adapter.json"
 SAMPLING = ("group_by_length", "random")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,34 @@ class TrainRequest:
     sampling: str = "group_by_length"
     save_steps: int = 50
     max_steps: int = -1  # -1: the seed's one epoch; tests and benchmarks may cap it
+    precision: str = "auto"  # auto: bf16 autocast where the device has it (CUDA, or a CPU with AVX512-BF16/AMX); else fp32
     hp: HyperParams = field(default_factory=HyperParams)
 
     def checkpoints_dir(self) -> Path:
         return Path(f"{self.out_dir}.checkpoints")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from the kernel's CPU flags:
+    elsewhere bf16 autocast is emulated, and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str, cuda: bool) -> bool:
+    if precision == "auto":
+        return cuda or cpu_has_bf16()
+    return precision == "bf16"
+
+
 def validate(request: TrainRequest) -> None:
     """Every bad input is refused before anything is loaded or written."""
     check_track(request.track)
+    if request.precision not in PRECISIONS:
+        raise SlmSwapError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if request.sampling not in SAMPLING:
         raise SlmSwapError(f"unknown sampling {request.sampling!r}: expected one of {', '.join(SAMPLING)}")
     if not (Path(request.model_path) / "config.json").is_file():
@@ -112,6 +132,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     val_examples = tokenize_rows(tokenizer, val_rows, hp.max_seq_length, Path(request.val_path))
 
     cuda = torch.cuda.is_available() and backend != "cpu"
+    bf16 = use_bf16(request.precision, cuda)
     deepspeed_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else None
     config = SFTConfig(
         output_dir=str(request.checkpoints_dir()),
@@ -136,7 +157,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
         data_seed=hp.seed,  # the order of a plain random sampler
         # Counts the tokens each step really consumed (padding excluded), for the throughput.
         include_num_input_tokens_seen="non_padding",
-        bf16=cuda,
+        bf16=bf16,
         use_cpu=not cuda,
         deepspeed=deepspeed_file,  # "auto" values in the JSON are filled from these arguments
         activation_checkpointing=backend == "bnb",
@@ -195,6 +216,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
         "max_steps": request.max_steps,
         "seed": hp.seed,
         "determinism": determinism(cuda),
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "datasets": {
             "train": {"path": str(request.train_path), "sha256": sha256_file(Path(request.train_path)), "rows": len(train_rows)},
             "val": {"path": str(request.val_path), "sha256": sha256_file(Path(request.val_path)), "rows": len(val_rows)},

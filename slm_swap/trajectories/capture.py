@@ -1,0 +1,211 @@
+"""`slm-swap capture`: the hosted model as a CodeAct agent over a source's rows, one trajectory per request.
+
+The teacher is reached exactly as `eval` reaches it (the same settings, `openai` client, timeout,
+retries, secret scrubbing), wrapped in smolagents' model class for OpenAI-compatible or Azure
+endpoints and driven by the agent in `codeact`. Requests run `concurrency` trajectories at a time.
+
+Trajectories are appended to the output JSONL as they finish, so a killed capture is finished with
+`resume=True`: requests already captured are not asked again. A request the teacher could not answer
+(after the SDK's retries) is recorded with `error` set, counts against the error budget and is asked
+again on resume. `<out>.run.json` pins what the trajectories were made with (teacher, source, step
+limit, tools, prompt), so a resume with other settings is refused instead of mixing them. At the end
+the file is rewritten in source order, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from slm_swap.config import Settings
+from slm_swap.data.examples import Example
+from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import atomic_write_text, check_writable_file, jsonl_text, read_json, remove_stale_temps, write_json
+from slm_swap.progress import Progress, progress_meter
+from slm_swap.tracing import NullRun, Run
+from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory,
+                                           make_tools, solve)
+from slm_swap.trajectories.records import read_trajectories
+from slm_swap.workers import in_threads
+
+@dataclass(frozen=True)
+class Teacher:
+    """The model that plays the agent: its identity, a factory for smolagents models that call it,
+    and the scrubber that removes configured secrets from anything it sends back."""
+
+    identity: str
+    make_model: Callable[[], Any]
+    scrub: Callable[[str], str]
+
+
+def hosted_teacher(settings: Settings, *, timeout_s: float = 60.0, max_retries: int = 4) -> Teacher:
+    """The hosted model (Azure or an OpenAI-compatible URL) as `eval` configures it. Retries are the
+    `openai` SDK's (429/5xx, backoff, Retry-After); smolagents' own retrying is off so they do not multiply."""
+    import openai
+    from smolagents import AzureOpenAIModel, OpenAIModel
+
+    from slm_swap.clients.hosted import HostedClient
+
+    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries, max_tokens=AGENT_MAX_NEW_TOKENS)
+    model_class = AzureOpenAIModel if isinstance(hosted.client, openai.AzureOpenAI) else OpenAIModel
+
+    def make_model() -> Any:
+        return model_class(model_id=hosted.model, client=hosted.client, retry=False,
+                           temperature=0, max_tokens=hosted.max_tokens)
+
+    return Teacher(hosted.identity, make_model, hosted.scrub)
+
+
+def run_file_for(out: Path) -> Path:
+    return out.with_name(out.stem + ".run.json")
+
+
+def scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, list):
+        return [scrub_value(item, scrub) for item in value]
+    if isinstance(value, dict):
+        return {key: scrub_value(item, scrub) for key, item in value.items()}
+    return value
+
+
+def generation_error(exc: BaseException) -> str:
+    """A short line for a request the teacher did not answer (scrubbed by the caller)."""
+    import openai
+
+    from slm_swap.clients.hosted import describe_api_error
+
+    cause = exc.__cause__ or exc
+    if isinstance(cause, openai.OpenAIError):
+        return describe_api_error(cause)
+    first_line = (str(cause).splitlines() or [""])[0][:300]
+    return f"{type(cause).__name__}: {first_line}"
+
+
+def capture(
+    examples: list[Example],
+    source: dict[str, Any],
+    *,
+    out: Path,
+    teacher: Teacher,
+    max_steps: int,
+    tools_spec: str = DEFAULT_TOOLS,
+    concurrency: int = 8,
+    resume: bool = False,
+    max_errors: int | None = None,
+    progress: Progress = "bar",
+    trace: Run = NullRun(),
+) -> dict[str, Any]:
+    """Capture one trajectory per example into `out`; returns the run's summary."""
+    if not examples:
+        raise SlmSwapError(f"source {source.get('name')!r} has no usable rows (single-call requests with signatures)")
+    if max_steps < 1:
+        raise SlmSwapError(f"--max-steps must be >= 1, got {max_steps}")
+    if concurrency < 1:
+        raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
+    if max_errors is not None and max_errors < 0:
+        raise SlmSwapError(f"--max-errors must be >= 0, got {max_errors}")
+    factory = load_tools_factory(tools_spec)
+    make_tools(factory, tools_spec, examples[0].functions, [])  # a factory that fails, fails before anything is written
+    out = Path(out)
+    check_writable_file(out, "--out")
+    run_path = run_file_for(out)
+    pin = {
+        "teacher": teacher.identity,
+        "source": source,
+        "max_steps": max_steps,
+        "tools": tools_spec,
+        "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
+        "request_ids": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest(),
+    }
+    previous = read_json(run_path, "run file") if resume and run_path.exists() else None
+    if previous is not None and previous != pin:
+        changed = next((key for key in pin if previous.get(key) != pin[key]), "settings")
+        raise SlmSwapError(f"--resume: {out} was captured with a different {changed}; run again without --resume")
+    for path in (out, run_path):
+        remove_stale_temps(path)
+    done: dict[str, dict[str, Any]] = {}
+    if previous is not None and out.exists():
+        done = {r["request_id"]: r for r in read_trajectories(out, torn_ok=True) if not r.get("error")}
+    else:
+        write_json(run_path, pin)
+        atomic_write_text(out, "")
+    order = {example.id: number for number, example in enumerate(examples)}
+    pending = [e for e in examples if e.id not in done]
+    budget = max_errors if max_errors is not None else max(1, len(examples) // 10)
+    errors, started = 0, time.perf_counter()
+
+    def one(_: int, example: Example) -> dict[str, Any]:
+        from smolagents.utils import AgentGenerationError
+
+        begun = time.perf_counter()
+        record: dict[str, Any] = {
+            "index": order[example.id], "request_id": example.id, "task": example.request, "tools": example.functions,
+            "gold": {"name": example.name, "arguments": example.arguments, "possible_answer": example.possible_answer},
+            "teacher": teacher.identity, "max_steps": max_steps, "langfuse_trace_id": trace.trace_id,
+        }
+        try:
+            run = solve(teacher.make_model(), example.request, example.functions, max_steps=max_steps,
+                        tools_factory=factory, tools_spec=tools_spec)
+        except AgentGenerationError as exc:
+            record.update(steps=[], messages=[], finished=False, state="request_failed", final_answer=None,
+                          tool_calls=[], error=generation_error(exc))
+        else:
+            record.update(steps=run.steps, messages=run.messages, finished=run.finished, state=run.state,
+                          final_answer=run.final_answer, tool_calls=run.tool_calls, error=None)
+        record["latency_s"] = round(time.perf_counter() - begun, 4)
+        return scrub_value(record, teacher.scrub)
+
+    bar = progress_meter(progress, f"capture {teacher.identity}", len(examples), len(done))
+    with open(out, "a", encoding="utf-8") as log:
+        results = in_threads(pending, one, concurrency, "capture")
+        try:
+            for record in results:
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                log.flush()
+                _trace_trajectory(trace, record)
+                bar.update(1)
+                done[record["request_id"]] = record  # a failed request stays in the file; resume asks it again
+                if record["error"]:
+                    errors += 1
+                    if errors > budget:
+                        raise SlmSwapError(
+                            f"{errors} teacher requests failed (budget {budget}, --max-errors); last: {record['error']}. "
+                            f"Finished trajectories are kept in {out}: fix the cause and rerun with --resume")
+        finally:
+            bar.close()
+            results.close()
+    records = sorted(done.values(), key=lambda r: r["index"])
+    atomic_write_text(out, jsonl_text(records))
+    summary = {
+        "out": str(out), "teacher": teacher.identity, "n": len(records),
+        "captured_this_run": len(pending), "finished": sum(1 for r in records if r["finished"]),
+        "errors": sum(1 for r in records if r["error"]), "wall_s": round(time.perf_counter() - started, 3),
+    }
+    trace.update(output=summary)
+    return summary
+
+
+def _trace_trajectory(trace: Run, record: dict[str, Any]) -> None:
+    """One child observation per trajectory, its steps as generations under it."""
+    steps = [{
+        "name": f"step-{step['step']}",
+        "input": None,
+        "output": step["model_output"],
+        "metadata": {"code": step["code"], "observation": step["observation"], "error": step["error"]},
+        "generation": {"model": record["teacher"], "latency_s": step["latency_s"] or 0,
+                       "prompt_tokens": (step["usage"] or {}).get("input_tokens"),
+                       "completion_tokens": (step["usage"] or {}).get("output_tokens")},
+    } for step in record["steps"]]
+    trace.child(
+        f"trajectory-{record['request_id']}", input=record["task"],
+        output={"final_answer": record["final_answer"], "tool_calls": record["tool_calls"]},
+        metadata={"request_id": record["request_id"], "finished": record["finished"], "state": record["state"],
+                  "steps": len(record["steps"]), "error": record["error"], "latency_s": record["latency_s"]},
+        children=steps,
+    )

@@ -1,0 +1,60 @@
+"""The trajectory record (one JSON object per line) and its reader.
+
+    index, request_id, task, tools      the source row: its position, id, the user's text, the signatures
+    gold                                {name, arguments, possible_answer}: what a correct agent calls
+    steps                               [{step, thought, code, observation, error, usage, latency_s,
+                                          is_final_answer, model_output}]
+    messages                            the conversation as the teacher saw it, ending with its last output
+    finished, state, final_answer       final_answer() called?; smolagents' end state; its argument
+    tool_calls                          the calls the agent made: [{name, arguments}], source names
+    teacher, max_steps, error, latency_s, langfuse_trace_id
+    verdict                             added by `filter`: {accepted, reason, checks}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slm_swap.errors import SlmSwapError
+from slm_swap.fileio import read_lines
+
+REQUIRED = {
+    "request_id": str, "task": str, "tools": list, "gold": dict, "steps": list, "messages": list,
+    "finished": bool, "tool_calls": list, "teacher": str, "max_steps": int,
+}
+
+
+def read_trajectories(path: Path, *, torn_ok: bool = False) -> list[dict[str, Any]]:
+    """Every record in a trajectory file, checked; a bad line is named by its number. With
+    `torn_ok` (resuming a killed capture), lines that do not parse are skipped instead."""
+    lines = read_lines(path, "trajectory file")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_ok:
+                continue
+            raise SlmSwapError(f"{path}:{number}: not valid JSON ({exc})") from None
+        if problem := record_problem(record):
+            if torn_ok:
+                continue
+            raise SlmSwapError(f"{path}:{number}: not a trajectory record: {problem}")
+        records.append(record)
+    return records
+
+
+def record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"expected an object, got {type(record).__name__}"
+    for key, kind in REQUIRED.items():
+        if not isinstance(record.get(key), kind):
+            return f"'{key}' missing or not {'an' if kind is int else 'a'} {kind.__name__}"
+    gold = record["gold"]
+    if not isinstance(gold.get("name"), str) or not isinstance(gold.get("arguments"), dict):
+        return "'gold' must hold 'name' (a string) and 'arguments' (an object)"
+    return None

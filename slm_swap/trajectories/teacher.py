@@ -1,0 +1,236 @@
+"""A scripted teacher: an OpenAI-compatible server on 127.0.0.1 that answers in CodeAct form from gold calls.
+
+It is not a model. For each task (a source row, found by the task text the agent sends) it writes the
+CodeAct turns a good teacher would: call the gold function with the gold arguments and print the
+result, then `final_answer(result)`. Faults can be scripted per row, so tests, the capture benchmark
+and the distill demo know exactly which trajectories a filter must keep:
+
+    correct   the gold call, then final_answer                         -> accepted
+    wrong     the gold function with its first argument changed       -> wrong_call
+    broken    code that does not parse, every step                     -> unresolved_code_error
+    fixed     broken code first, then the gold call, then final_answer -> accepted (error resolved)
+    endless   prints a note every step, never calls a tool or finishes -> no_final_answer
+    busy      the first request answers 429 (Retry-After: 0), then as `correct` -> accepted
+    down      every request answers 500                                -> request_failed
+
+    python -m slm_swap.trajectories.teacher --port 8011 --source bfcl --fault wrong=5 --fault broken=7
+
+Both the OpenAI route (`/v1/chat/completions`) and Azure's (`/openai/deployments/NAME/chat/completions`)
+are served; any API key is accepted and none is logged. `stop` sequences are honoured as OpenAI does
+(the text ends before the first one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from slm_swap.data.examples import Example
+from slm_swap.trajectories.codeact import python_name
+
+BEHAVIOURS = ("correct", "wrong", "broken", "fixed", "endless", "busy", "down")
+TASK_PREFIX = "New task:\n"
+
+
+def python_call(example: Example, arguments: dict[str, Any]) -> str:
+    rendered = ", ".join(f"{name}={value!r}" for name, value in arguments.items())
+    return f"{python_name(example.name)}({rendered})"
+
+
+def wrong_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The gold arguments with the first one's value changed to one no answer key accepts."""
+    changed = dict(arguments)
+    if not changed:
+        return {"unexpected": "WRONG"}
+    first = next(iter(changed))
+    value = changed[first]
+    if isinstance(value, bool):
+        changed[first] = not value
+    elif isinstance(value, (int, float)):
+        changed[first] = value + 1000
+    else:
+        changed[first] = "WRONG"
+    return changed
+
+
+def codeact_turn(example: Example, behaviour: str, step: int) -> str:
+    """The teacher's output for step `step` (1-based) of a task."""
+    call_step = 2 if behaviour == "fixed" else 1
+    if behaviour == "broken" or (behaviour == "fixed" and step == 1):
+        return f"Thought: I call {python_name(example.name)}.\n<code>\nresult = {python_name(example.name)}(\n</code>"
+    if behaviour == "endless":
+        return f"Thought: I am still thinking about step {step}.\n<code>\nprint('thinking')\n</code>"
+    arguments = wrong_arguments(example.arguments) if behaviour == "wrong" else example.arguments
+    if step <= call_step:
+        return (f"Thought: I call {python_name(example.name)} with the arguments the task gives.\n"
+                f"<code>\nresult = {python_call(example, arguments)}\nprint(result)\n</code>")
+    return "Thought: I have the tool's result.\n<code>\nfinal_answer(result)\n</code>"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+class ScriptedTeacher:
+    """The server. `behaviours` maps a row id to one of BEHAVIOURS (default `correct`);
+    `step_delay_s` is added to every answer (the capture benchmark's 200 ms per step)."""
+
+    def __init__(self, examples: list[Example], behaviours: dict[str, str] | None = None, *,
+                 step_delay_s: float = 0.0, port: int = 0, model: str = "scripted-teacher"):
+        self.by_task = {example.request: example for example in examples}
+        self.behaviours = dict(behaviours or {})
+        unknown = sorted(set(self.behaviours.values()) - set(BEHAVIOURS))
+        if unknown:
+            raise ValueError(f"unknown teacher behaviour {unknown[0]!r}: expected one of {', '.join(BEHAVIOURS)}")
+        self.step_delay_s, self.model = step_delay_s, model
+        self.requests = 0  # chat completions answered or refused, all tasks
+        self.asked: dict[str, int] = {}  # requests per row id
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ScriptedTeacher:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-teacher", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted (the command-line teacher)."""
+        self._server.serve_forever()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> ScriptedTeacher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, str]:
+        """(HTTP status, text) for one chat-completions request body."""
+        messages = body.get("messages") or []
+        texts = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
+        task = next((t[len(TASK_PREFIX):] for role, t in texts if role == "user" and t.startswith(TASK_PREFIX)), None)
+        example = self.by_task.get(task) if task is not None else None
+        if example is None:  # smolagents' "give your best answer" request past the step limit, or a stranger
+            return 200, "I could not complete the task."
+        behaviour = self.behaviours.get(example.id, "correct")
+        with self._lock:
+            self.asked[example.id] = self.asked.get(example.id, 0) + 1
+            first = self.asked[example.id] == 1
+        if behaviour == "down" or (behaviour == "busy" and first):
+            return (500 if behaviour == "down" else 429), f"scripted {behaviour}"
+        step = 1 + sum(1 for role, _ in texts if role == "assistant")
+        text = codeact_turn(example, behaviour, step)
+        for stop in body.get("stop") or []:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        return 200, text
+
+    def _handler(self):
+        teacher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet, and never the Authorization header
+                pass
+
+            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    return self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+                if not self.path.split("?", 1)[0].endswith("/chat/completions"):
+                    return self._send(404, {"error": {"message": "not found", "type": "not_found"}})
+                if teacher.step_delay_s:
+                    time.sleep(teacher.step_delay_s)
+                status, text = teacher.answer(body)
+                with teacher._lock:
+                    teacher.requests += 1
+                if status != 200:
+                    return self._send(status, {"error": {"message": text, "type": "server_error", "code": status}},
+                                      {"Retry-After": "0"} if status == 429 else None)
+                prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [] if isinstance(m, dict))
+                self._send(200, {
+                    "id": f"chatcmpl-{teacher.requests}", "object": "chat.completion", "created": int(time.time()),
+                    "model": teacher.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    # Words, not tokens: the teacher has no tokenizer; enough for usage to be recorded.
+                    "usage": {"prompt_tokens": prompt_words, "completion_tokens": len(text.split()),
+                              "total_tokens": prompt_words + len(text.split())},
+                })
+
+        return Handler
+
+
+def parse_faults(specs: list[str], examples: list[Example]) -> dict[str, str]:
+    """`NAME=K` (repeatable): every K-th row in source order (1-based) behaves as NAME; first match wins."""
+    rules: list[tuple[str, int]] = []
+    for spec in specs:
+        name, _, every = spec.partition("=")
+        if name not in BEHAVIOURS or not every.isdigit() or int(every) < 1:
+            raise ValueError(f"--fault {spec!r}: expected NAME=K with NAME one of {', '.join(BEHAVIOURS)} and K >= 1")
+        rules.append((name, int(every)))
+    behaviours = {}
+    for number, example in enumerate(examples, start=1):
+        for name, every in rules:
+            if number % every == 0:
+                behaviours[example.id] = name
+                break
+    return behaviours
+
+
+def main(argv: list[str] | None = None) -> None:
+    from slm_swap.data.prepare import load_source
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8011, help="(default: %(default)s)")
+    parser.add_argument("--source", choices=("bfcl", "xlam"), default="bfcl", help="(default: %(default)s)")
+    parser.add_argument("--dataset-path", help="--source xlam: the xLAM file")
+    parser.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME=K", help="every K-th row behaves as NAME (repeatable)")
+    parser.add_argument("--step-delay", type=float, default=0.0, help="seconds added to every answer (default: %(default)s)")
+    args = parser.parse_args(argv)
+    examples, _, _ = load_source(args.source, args.dataset_path, tuple(args.category or ()))
+    try:
+        behaviours = parse_faults(args.fault, examples)
+    except ValueError as exc:
+        parser.error(str(exc))
+    teacher = ScriptedTeacher(examples, behaviours, step_delay_s=args.step_delay, port=args.port)
+    print(f"scripted teacher (answers from gold calls; not a model) on {teacher.url}, {len(examples)} tasks", flush=True)
+    try:
+        teacher.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
