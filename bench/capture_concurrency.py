@@ -20,16 +20,17 @@ os.environ["LANGFUSE_DISABLED"] = "1"
 
 from slm_swap.config import load_settings  # noqa: E402
 from slm_swap.data.bfcl import load_bfcl  # noqa: E402
-from slm_swap.trajectories.capture import capture, hosted_teacher  # noqa: E402
+from slm_swap.trajectories.agent_models import hosted_agent_model  # noqa: E402
+from slm_swap.trajectories.capture import capture  # noqa: E402
 from slm_swap.trajectories.records import read_trajectories  # noqa: E402
 from slm_swap.trajectories.teacher import ScriptedTeacher  # noqa: E402
 
 
 def run(examples, teacher_url: str, out: Path, concurrency: int) -> tuple[float, int]:
     os.environ.update(HOSTED_BASE_URL=teacher_url, HOSTED_MODEL="scripted")
-    teacher = hosted_teacher(load_settings())
+    teacher = hosted_agent_model(load_settings())
     started = time.perf_counter()
-    capture(examples, {"name": "bfcl"}, out=out, teacher=teacher, max_steps=4, concurrency=concurrency, progress="off")
+    capture(examples, {"name": "bfcl"}, out=out, model=teacher, max_steps=4, concurrency=concurrency, progress="off")
     wall = time.perf_counter() - started
     finished = sum(1 for record in read_trajectories(out) if record["finished"] and not record["error"])
     return wall, finished

@@ -22,7 +22,7 @@ os.environ.setdefault("LANGFUSE_DISABLED", "1")
 from slm_swap.cli import main as cli  # noqa: E402
 from slm_swap.clients.local import load_local_model  # noqa: E402
 from slm_swap.evaluate import run_eval  # noqa: E402
-from slm_swap.metrics import CORE_METRICS  # noqa: E402
+from slm_swap.tracks import AST_METRIC, get_track  # noqa: E402
 from slm_swap.models import fetch_embedded_model  # noqa: E402
 from slm_swap.training.run import TrainRequest, train  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
           f"{manifest['duration_s']:.0f} s, val_loss {manifest['val_loss_before']:.3f} -> {manifest['val_loss']:.3f}; "
           f"evals {before['seconds']:.0f} s and {after['seconds']:.0f} s")
     print(f"{'metric':<22} {'before':>8} {'after':>8} {'gain':>8}")
-    for name in [*CORE_METRICS[args.track], "args_ast_match_rate"]:
+    for name in [*get_track(args.track).core_metrics, AST_METRIC]:
         if name in before:
             print(f"{name:<22} {before[name]:>8.3f} {after[name]:>8.3f} {after[name] - before[name]:>+8.3f}")
     metric, goal = TARGET

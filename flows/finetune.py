@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from flows.runtime import add_trace_tags, gpu_tagged
+from flows.runtime import add_trace_tags, deployment_available, gpu_tagged
 from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR
-from slm_swap.pipeline import PipelineConfig, Track, training_plan
+from slm_swap.pipeline import PipelineConfig, Track, adapter_dir, read_adapter_manifest, training_plan
 from tasks.train import train_adapter
 
 
@@ -36,7 +37,7 @@ def slm_swap_finetune(
     """Train `<ft_dir>/adapter_<track>` on `<data_dir>/<track>/{train,val}.jsonl`; returns the adapter manifest.
 
     Args:
-        track: structured or toolcall.
+        track: structured, toolcall or agent (the agent rows of `slm-swap build`).
         data_dir: dataset folder (default: slm_swap/02_dataset).
         ft_dir: adapters folder (default: slm_swap/04_ft).
         accelerate_config: default: accelerate_config/phi4_4gpu.yaml with CUDA, else cpu.yaml.
@@ -52,3 +53,26 @@ def slm_swap_finetune(
         manifest = train_adapter(plan, flow_run_id=run_id)
     add_trace_tags(run_id, [manifest.get("langfuse_trace_id")])
     return manifest
+
+
+def run_finetune(config: PipelineConfig, track: str) -> dict[str, Any]:
+    """The fine-tune subflow: as a deployment on the GPU pool if one is there, else in-process."""
+    parameters = {
+        "track": track,
+        "data_dir": str(config.data_dir),
+        "ft_dir": str(config.ft_dir),
+        "accelerate_config": str(config.accelerate_config) if config.accelerate_config else None,
+        "max_steps": config.max_steps,
+        "reuse_max_age_hours": config.reuse_max_age_hours,
+    }
+    logger = get_run_logger()
+    if deployment_available(config.finetune_deployment):
+        logger.info("fine-tune %s: deployment %s", track, config.finetune_deployment)
+        child = run_deployment(config.finetune_deployment, parameters=parameters, as_subflow=True,
+                               flow_run_name=f"finetune-{track}", poll_interval=5)
+        if child.state is None or not child.state.is_completed():
+            raise RuntimeError(f"fine-tune run {child.id} ({config.finetune_deployment}) ended "
+                               f"{child.state.name if child.state else 'without a state'}")
+        return read_adapter_manifest(adapter_dir(config, track))  # the GPU box shares the ft folder
+    logger.info("fine-tune %s: in-process subflow", track)
+    return slm_swap_finetune(**parameters)

@@ -19,44 +19,17 @@ tag on the flow run (the training's on the subflow run too).
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.finetune import slm_swap_finetune
-from flows.runtime import add_trace_tags, deployment_available, gpu_tagged
+from flows.finetune import run_finetune
+from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
 from slm_swap.config import load_settings
-from slm_swap.errors import SlmSwapError
-from slm_swap.pipeline import PipelineConfig, adapter_dir, needs_training, read_adapter_manifest
+from slm_swap.pipeline import PipelineConfig, adapter_dir, needs_training
 from slm_swap.report import TrackReport
 from tasks import build_report, compare, eval_hosted, eval_slm, prepare_data
-
-
-def _finetune(config: PipelineConfig, track: str) -> dict[str, Any]:
-    """The fine-tune subflow: as a deployment on the GPU pool if one is there, else in-process."""
-    parameters = {
-        "track": track,
-        "data_dir": str(config.data_dir),
-        "ft_dir": str(config.ft_dir),
-        "accelerate_config": str(config.accelerate_config) if config.accelerate_config else None,
-        "max_steps": config.max_steps,
-        "reuse_max_age_hours": config.reuse_max_age_hours,
-    }
-    logger = get_run_logger()
-    if deployment_available(config.finetune_deployment):
-        logger.info("fine-tune %s: deployment %s", track, config.finetune_deployment)
-        child = run_deployment(config.finetune_deployment, parameters=parameters, as_subflow=True,
-                               flow_run_name=f"finetune-{track}", poll_interval=5)
-        if child.state is None or not child.state.is_completed():
-            raise RuntimeError(f"fine-tune run {child.id} ({config.finetune_deployment}) ended "
-                               f"{child.state.name if child.state else 'without a state'}")
-        return read_adapter_manifest(adapter_dir(config, track))  # the GPU box shares the ft folder
-    logger.info("fine-tune %s: in-process subflow", track)
-    return slm_swap_finetune(**parameters)
 
 
 @flow(name="slm-swap-pipeline", log_prints=True)
@@ -93,7 +66,7 @@ def slm_swap_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, An
             logger.info("%s: no fine-tune (FINE_TUNE=%d, finetune=%s)", track, decision.fine_tune, config.finetune)
             reports.append(TrackReport(track, h.metrics, s.metrics, decision))
             continue
-        manifest = _finetune(config, track)
+        manifest = run_finetune(config, track)
         with gpu_tagged():
             ft = eval_slm(config, track, adapter=adapter_dir(config, track), flow_run_id=run_id)
         final = compare(config, h, ft, flow_run_id=run_id, stage="finetuned")
@@ -104,26 +77,6 @@ def slm_swap_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, An
 
 
 def run_pipeline(config: PipelineConfig) -> tuple[str | None, dict[str, Any]]:
-    """Run the flow in this process; (flow-run id, summary). Raises what the flow raised.
-
-    Without a configured server (PREFECT_API_URL unset: Prefect's temporary local API) flow-run
-    heartbeats are off: they let a server spot crashed deployment runs, and a temporary API dies
-    with this process anyway, while the heartbeat thread holds up every flow run's exit by up to a
-    second (it sleeps in whole seconds and is joined at the end; PrefectHQ/prefect#19641).
-    """
-    quiet = nullcontext() if PREFECT_API_URL.value() else temporary_settings(updates={"flows.heartbeat_frequency": None})
-    with quiet:
-        state = slm_swap_pipeline(config, return_state=True)
-    run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-    try:
-        return run_id, state.result()
-    except SlmSwapError:
-        raise
-    except Exception as exc:
-        raise PipelineFailed(run_id, exc) from exc
-
-
-class PipelineFailed(Exception):
-    def __init__(self, flow_run_id: str | None, error: BaseException):
-        super().__init__(f"flow run {flow_run_id} failed: {type(error).__name__}: {error}")
-        self.flow_run_id = flow_run_id
+    """Run the flow in this process; (flow-run id, summary). Raises what the flow raised
+    (`SlmSwapError` as it is, anything else as `FlowFailed`)."""
+    return run_in_process(slm_swap_pipeline, config)

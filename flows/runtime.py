@@ -1,18 +1,48 @@
-"""Prefect-side glue the flows share: flow-run tags, the `slm-gpu` task tag, and whether the
-fine-tune deployment can be used. Every call is one Prefect API request or two."""
+"""Prefect-side glue the flows share: flow-run tags, the `slm-gpu` task tag, whether the
+fine-tune deployment can be used (each one Prefect API request or two), and running a flow in
+this process from the command line."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Any, Callable, Iterable
 from uuid import UUID
 
 from prefect import get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from slm_swap.errors import SlmSwapError
 from slm_swap.pipeline import SLM_GPU_TAG, merge_tags, trace_tags
+
+
+class FlowFailed(Exception):
+    def __init__(self, flow_run_id: str | None, error: BaseException):
+        super().__init__(f"flow run {flow_run_id} failed: {type(error).__name__}: {error}")
+        self.flow_run_id = flow_run_id
+
+
+def run_in_process(flow_function: Callable[..., Any], config: Any) -> tuple[str | None, Any]:
+    """Run a flow in this process; (flow-run id, its result). Raises `SlmSwapError` (bad input) as
+    it is and anything else as `FlowFailed`.
+
+    Without a configured server (PREFECT_API_URL unset: Prefect's temporary local API) flow-run
+    heartbeats are off: they let a server spot crashed deployment runs, and a temporary API dies
+    with this process anyway, while the heartbeat thread holds up every flow run's exit by up to a
+    second (it sleeps in whole seconds and is joined at the end; PrefectHQ/prefect#19641).
+    """
+    quiet = contextlib.nullcontext() if PREFECT_API_URL.value() else temporary_settings(
+        updates={"flows.heartbeat_frequency": None})
+    with quiet:
+        state = flow_function(config, return_state=True)
+    run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    try:
+        return run_id, state.result()
+    except SlmSwapError:
+        raise
+    except Exception as exc:
+        raise FlowFailed(run_id, exc) from exc
 
 
 def add_trace_tags(flow_run_id: str | None, trace_ids: Iterable[str | None]) -> list[str]:

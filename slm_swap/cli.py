@@ -9,6 +9,9 @@
     slm-swap train --track toolcall            # accelerate launch -m slm_swap.train -> slm_swap/04_ft/adapter_toolcall
     slm-swap eval --track toolcall --model-kind slm --adapter slm_swap/04_ft/adapter_toolcall   # -> ..._slm_ft_test.json
     slm-swap serve --port 8000 --adapter toolcall=slm_swap/04_ft/adapter_toolcall
+    slm-swap capture --limit 64 && slm-swap filter && slm-swap build    # Phase II: teacher trajectories -> data
+    slm-swap train --track agent && slm-swap eval --track agent --model-kind slm --adapter slm_swap/04_ft/adapter_agent
+    slm-swap distill                           # all of Phase II as the Prefect flow slm-swap-distill
 
 Exit codes: 0 ok; 2 bad input or settings (one line on stderr); 10 `compare` says FINE_TUNE=1.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from slm_swap.errors import SlmSwapError
 from slm_swap.prompts import TRACKS
+from slm_swap.tracks import TRACKS as ALL_TRACKS
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
@@ -56,14 +60,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter) if args.adapter else None
     out = Path(args.out) if args.out else default_out_path(args.eval_dir, args.track, args.model_kind, args.split, adapter)
     document = traced_eval(
-        load_settings(), track=args.track, split=args.split, data_dir=Path(args.data_dir), out=out,
+        load_settings(), track=args.track, split=args.split, data_dir=data_dir_for(args), out=out,
         model_kind=args.model_kind, adapter=adapter, limit=args.limit, resume=args.resume, max_errors=args.max_errors,
         concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries, batch_size=args.batch_size,
-        load_in_4bit=args.load_in_4bit,
+        load_in_4bit=args.load_in_4bit, max_steps=args.max_steps, tools_spec=args.tools,
     )
     rates = " ".join(f"{k}={v:.3f}" for k, v in document.items() if k.endswith("_rate"))
+    if "mean_steps" in document:
+        rates += f" mean_steps={document['mean_steps']}"
     print(f"{out}: n={document['n']} errors={document['errors']} {rates}")
     return 0
+
+
+def data_dir_for(args: argparse.Namespace) -> Path:
+    """--data-dir, else where the track's rows are made: `build`'s folder for the agent, `prepare`'s else."""
+    from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR
+
+    if args.data_dir:
+        return Path(args.data_dir)
+    return DEFAULT_DISTILL_DIR if args.track == "agent" else DEFAULT_DATA_DIR
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -113,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_tracing_settings(load_settings())  # fail here, not after accelerate has started
     choose_backend(args.backend)  # likewise: a backend this machine cannot run is one line, now
-    data_dir, out = Path(args.data_dir), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
+    data_dir, out = data_dir_for(args), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
     extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
              "--backend", args.backend, "--max-steps", str(args.max_steps)]
     command = launch_command(track=args.track, train=Path(args.train or data_dir / args.track / "train.jsonl"),
@@ -136,17 +151,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from slm_swap.config import load_settings
-    from slm_swap.data.prepare import load_source
-    from slm_swap.trajectories.capture import hosted_teacher
+    from slm_swap.trajectories.agent_models import hosted_agent_model
+    from slm_swap.trajectories.capture import source_examples
     from slm_swap.trajectories.runs import traced_capture
 
-    if args.limit is not None and args.limit < 1:
-        raise SlmSwapError(f"--limit must be >= 1, got {args.limit}")
-    examples, _, source = load_source(args.source, args.dataset_path, tuple(args.category or ()))
-    seen: set[str] = set()
-    examples = [e for e in examples if not (e.request in seen or seen.add(e.request))][: args.limit]  # one per task text
+    examples, source = source_examples(args.source, args.dataset_path, tuple(args.category or ()), args.limit)
     settings = load_settings()
-    teacher = hosted_teacher(settings, timeout_s=args.timeout, max_retries=args.max_retries)
+    teacher = hosted_agent_model(settings, timeout_s=args.timeout, max_retries=args.max_retries)
     summary = traced_capture(settings, examples, source, out=Path(args.out), teacher=teacher, max_steps=args.max_steps,
                              tools_spec=args.tools, concurrency=args.concurrency, resume=args.resume,
                              max_errors=args.max_errors)
@@ -208,12 +219,48 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         error = exc.errors()[0]
         where = ".".join(map(str, error["loc"])) or "config"
         raise SlmSwapError(f"pipeline: {where}: {error['msg'].removeprefix('Value error, ')}") from None
-    from flows.pipeline import PipelineFailed, run_pipeline
+    from flows.pipeline import run_pipeline
+    from flows.runtime import FlowFailed
 
     try:
         flow_run_id, summary = run_pipeline(config)
-    except PipelineFailed as exc:
+    except FlowFailed as exc:
         print(f"slm-swap: pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    print(summary["decisions_text"])
+    print(f"report: {summary['report']['markdown']} {summary['report']['chart']}")
+    print(f"flow run: {flow_run_id}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """The Prefect flow `slm-swap-distill`, in this process."""
+    from pydantic import ValidationError
+
+    from slm_swap.distill import DistillConfig
+
+    fields = {
+        "source": args.source, "dataset_path": args.dataset_path, "categories": args.category or [], "limit": args.limit,
+        "max_steps": args.max_steps, "tools": args.tools, "val": args.val, "test": args.test, "seed": args.seed,
+        "trajectories_dir": args.trajectories_dir, "data_dir": args.data_dir, "eval_dir": args.out_dir,
+        "ft_dir": args.ft_dir, "delta": args.delta, "finetune": args.finetune, "accelerate_config": args.accelerate_config,
+        "max_train_steps": args.max_train_steps, "concurrency": args.concurrency, "timeout_s": args.timeout,
+        "max_retries": args.max_retries, "max_errors": args.max_errors, "load_in_4bit": args.load_in_4bit,
+        "reuse_max_age_hours": args.reuse_max_age_hours, "finetune_deployment": args.finetune_deployment or None,
+    }
+    try:
+        config = DistillConfig.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"])) or "config"
+        raise SlmSwapError(f"distill: {where}: {error['msg'].removeprefix('Value error, ')}") from None
+    from flows.distill import run_distill
+    from flows.runtime import FlowFailed
+
+    try:
+        flow_run_id, summary = run_distill(config)
+    except FlowFailed as exc:
+        print(f"slm-swap: distill failed: {exc}", file=sys.stderr)
         return 1
     print(summary["decisions_text"])
     print(f"report: {summary['report']['markdown']} {summary['report']['chart']}")
@@ -229,7 +276,7 @@ def add_load_in_4bit(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS
-    from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
+    from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
     from slm_swap.models import EMBEDDED_MODEL_DIR
 
     parser = argparse.ArgumentParser(
@@ -258,13 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out-dir", default=str(DEFAULT_DATA_DIR), help="output folder (default: %(default)s)")
     prep.set_defaults(func=cmd_prepare)
 
-    ev = commands.add_parser("eval", help="evaluate one model on one track's split; writes a metrics file")
-    ev.add_argument("--track", required=True, choices=TRACKS)
+    ev = commands.add_parser(
+        "eval", help="evaluate one model on one track's split; writes a metrics file",
+        description="Evaluate one model on one track's split. structured/toolcall: one answer per row, scored "
+                    "against the gold completion. agent: the model as the CodeAct agent of `capture` (the same "
+                    "prompt, step limit and simulated tools) on the tasks `build` wrote, scored as `filter` judges: "
+                    "task success, valid code, steps, and the v0 metrics of the call it made.")
+    ev.add_argument("--track", required=True, choices=tuple(ALL_TRACKS))
     ev.add_argument("--model-kind", required=True, choices=("azure", "slm"), help="azure: the hosted model; slm: the local SLM")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
     ev.add_argument("--out", help="metrics file (default: <eval-dir>/<track>_<kind>[_ft]_<split>.json)")
     ev.add_argument("--eval-dir", default=str(DEFAULT_EVAL_DIR), help="(default: %(default)s)")
-    ev.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="(default: %(default)s)")
+    ev.add_argument("--data-dir", help=f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
     ev.add_argument("--adapter", help="LoRA adapter folder (PEFT format) for the SLM")
     ev.add_argument("--limit", type=int, help="first N examples only")
     ev.add_argument("--resume", action="store_true", help="finish an interrupted run, keeping finished examples")
@@ -273,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
     ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
     ev.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help="slm: prompts decoded together; lower it if memory runs out (default: %(default)s)")
+    ev.add_argument("--max-steps", type=int, help="agent: model turns per task (default: the capture's, from the tasks file)")
+    ev.add_argument("--tools", metavar="MODULE:FACTORY", help="agent: the tools factory (default: simulated tools, as capture)")
     add_load_in_4bit(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -300,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=cmd_serve)
 
     tr = commands.add_parser("train", help="fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train")
-    tr.add_argument("--track", required=True, choices=TRACKS)
-    tr.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="(default: %(default)s)")
+    tr.add_argument("--track", required=True, choices=tuple(ALL_TRACKS),
+                    help="agent: train on `build`'s conversation rows, loss on the assistant turns only (not on "
+                         "the system prompt, the task or any observation)")
+    tr.add_argument("--data-dir", help=f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
     tr.add_argument("--train", help="train JSONL (default: <data-dir>/<track>/train.jsonl)")
     tr.add_argument("--val", help="validation JSONL (default: <data-dir>/<track>/val.jsonl)")
     tr.add_argument("--ft-dir", default=str(DEFAULT_FT_DIR), help="(default: %(default)s)")
@@ -314,14 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     comp = commands.add_parser("compare", help="decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10")
-    comp.add_argument("--track", required=True, choices=TRACKS)
+    comp.add_argument("--track", required=True, choices=tuple(ALL_TRACKS))
     comp.add_argument("--azure", required=True, help="hosted model's metrics file")
     comp.add_argument("--slm", required=True, help="local SLM's metrics file")
     comp.add_argument("--delta", default="0.01",
                       help="largest gap tolerated on a core metric, as a decimal; decided exactly on pass counts (default: %(default)s)")
     comp.set_defaults(func=cmd_compare)
 
-    from slm_swap.config import DEFAULT_DISTILL_DIR, DEFAULT_TRAJECTORIES_DIR
+    from slm_swap.config import DEFAULT_TRAJECTORIES_DIR
 
     cap = commands.add_parser(
         "capture", help="run the hosted model as a CodeAct agent over a source's rows; one trajectory per request",
@@ -388,11 +444,48 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train through this deployment when the Prefect server has it, else in-process; '' for always in-process (default: %(default)s)")
     add_load_in_4bit(pipe)
     pipe.set_defaults(func=cmd_pipeline)
+
+    from slm_swap.distill import DEFAULT_DISTILL_EVAL_DIR
+
+    dis = commands.add_parser(
+        "distill", help="Phase II as a Prefect flow: capture, filter, build, agent evals, compare, fine-tune, re-eval, report",
+        description="The Prefect flow `slm-swap-distill`, in this process: the hosted model (the teacher) as a CodeAct "
+                    "agent over a source's tasks (simulated tools unless --tools), automatic filtering, datasets "
+                    "from the accepted trajectories, the teacher and the local SLM evaluated as agents on the test "
+                    "tasks, compared, the SLM fine-tuned on the teacher's turns (observations excluded from the "
+                    "loss) where it trails, re-evaluated, compared again, reported.")
+    dis.add_argument("--source", choices=("bfcl", "xlam"), default="bfcl", help="(default: %(default)s)")
+    dis.add_argument("--dataset-path", help="--source xlam: the xLAM-60k file")
+    dis.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
+    dis.add_argument("--limit", type=int, default=64, help="tasks the teacher works on (default: %(default)s)")
+    dis.add_argument("--max-steps", type=int, default=4, help="model turns per task, teacher and student (default: %(default)s)")
+    dis.add_argument("--tools", default="slm_swap.trajectories.codeact:simulated_tools", metavar="MODULE:FACTORY",
+                     help="callable(signatures) -> smolagents Tools (default: simulated tools)")
+    dis.add_argument("--val", type=int, default=8, help="validation tasks (default: %(default)s)")
+    dis.add_argument("--test", type=int, default=8, help="test tasks, drawn first (default: %(default)s)")
+    dis.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    dis.add_argument("--trajectories-dir", default=str(DEFAULT_TRAJECTORIES_DIR), help="(default: %(default)s)")
+    dis.add_argument("--data-dir", default=str(DEFAULT_DISTILL_DIR), help="(default: %(default)s)")
+    dis.add_argument("--out-dir", default=str(DEFAULT_DISTILL_EVAL_DIR), help="metrics files and the report (default: %(default)s)")
+    dis.add_argument("--ft-dir", default=str(DEFAULT_FT_DIR), help="(default: %(default)s)")
+    dis.add_argument("--delta", type=float, default=0.01, help="largest gap tolerated on a core metric (default: %(default)s)")
+    dis.add_argument("--finetune", default="auto", choices=("auto", "always", "never"), help="(default: %(default)s)")
+    dis.add_argument("--accelerate-config", help="default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml")
+    dis.add_argument("--max-train-steps", type=int, default=-1, help="cap training steps (default: one epoch)")
+    dis.add_argument("--concurrency", type=int, default=8, help="trajectories in flight (default: %(default)s)")
+    dis.add_argument("--timeout", type=float, default=60.0, help="teacher: seconds per request (default: %(default)s)")
+    dis.add_argument("--max-retries", type=int, default=4, help="teacher: retries on 429/5xx/timeouts (default: %(default)s)")
+    dis.add_argument("--max-errors", type=int, help="capture stops after this many failed requests (default: 10%% of tasks)")
+    dis.add_argument("--reuse-max-age-hours", type=float, default=12.0, help="(default: %(default)s)")
+    dis.add_argument("--finetune-deployment", default="slm-swap-finetune/gpu", help="(default: %(default)s; '' for in-process)")
+    add_load_in_4bit(dis)
+    dis.set_defaults(func=cmd_distill)
     return parser
 
 
 # Commands whose behaviour depends on the environment: they say at start what they resolved.
-COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline", "capture", "filter", "build")
+COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline", "capture", "filter", "build",
+                              "distill")
 
 
 def _log_settings() -> None:

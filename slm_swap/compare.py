@@ -19,8 +19,7 @@ from typing import Any
 
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import read_json, read_jsonl
-from slm_swap.metrics import AST_METRIC, CORE_METRICS
-from slm_swap.prompts import check_track
+from slm_swap.tracks import get_track
 
 FINE_TUNE_EXIT = 10
 # A rate read back from JSON is passes / n as a float; it is taken as a count only this close to one.
@@ -121,7 +120,7 @@ def load_metrics_file(path: Path, track: str) -> dict[str, Any]:
         raise SlmSwapError(f"{path}: not a metrics file (expected a JSON object)")
     if data.get("track") != track:
         raise SlmSwapError(f"{path}: metrics are for track {data.get('track')!r}, not {track!r}")
-    for key in ("n", "dataset", *CORE_METRICS[track]):
+    for key in ("n", "dataset", *get_track(track).core_metrics):
         if key not in data:
             raise SlmSwapError(f"{path}: not a metrics file for track {track!r} (missing {key!r})")
     n = data["n"]
@@ -177,7 +176,7 @@ def decide(
     delta: str | float | Fraction,
 ) -> Decision:
     """Compare the hosted (reference) and SLM (candidate) metrics files of one track."""
-    check_track(track)
+    core = get_track(track).core_metrics
     delta = parse_delta(delta)
     reference = load_metrics_file(reference_path, track)
     candidate = load_metrics_file(candidate_path, track)
@@ -195,9 +194,7 @@ def decide(
         )
     ref_records = _load_records(reference_path, reference)
     cand_records = _load_records(candidate_path, candidate)
-    names = list(CORE_METRICS[track])
-    if AST_METRIC in reference and AST_METRIC in candidate:
-        names.append(AST_METRIC)
+    names = get_track(track).metric_names(reference, candidate)
     n = reference["n"]
     rows = []
     for name in names:
@@ -205,7 +202,7 @@ def decide(
         p_value = None
         if ref_records and cand_records and all(key in r for r in ref_records + cand_records):
             p_value = mcnemar_exact([bool(r[key]) for r in ref_records], [bool(r[key]) for r in cand_records])
-        rows.append(MetricRow(name, name in CORE_METRICS[track], pass_count(reference_path, reference, name),
+        rows.append(MetricRow(name, name in core, pass_count(reference_path, reference, name),
                               pass_count(candidate_path, candidate, name), n, p_value))
     return Decision(track=track, delta=delta, rows=rows, n=n)
 

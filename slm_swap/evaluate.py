@@ -30,7 +30,8 @@ from slm_swap.fileio import (
 )
 from slm_swap.metrics import gold_problem, score_example
 from slm_swap.progress import Progress, progress_meter
-from slm_swap.prompts import build_messages, check_track
+from slm_swap.prompts import build_messages
+from slm_swap.tracks import get_row_track
 from slm_swap.results import metrics_document
 from slm_swap.tracing import NullRun, Run
 
@@ -58,10 +59,9 @@ def _run_path_for(out: Path) -> Path:
 def load_split(data_dir: Path, track: str, split: str, limit: int | None = None) -> tuple[Path, list[dict], list[dict] | None]:
     """(rows path, rows, BFCL possible answers or None), cut to `limit` rows. Every row must be
     scorable, checked here so a bad row stops the eval before any request is sent."""
-    check_track(track)
+    rows_path = get_row_track(track).split_file(data_dir, split)
     if limit is not None and limit < 1:
         raise SlmSwapError(f"--limit must be >= 1, got {limit}")
-    rows_path = Path(data_dir) / track / f"{split}.jsonl"
     rows = load_rows(rows_path)
     if not rows:
         raise SlmSwapError(f"{rows_path}: no rows")

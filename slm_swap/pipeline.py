@@ -33,8 +33,9 @@ from slm_swap.evaluate import default_out_path, records_path_for
 from slm_swap.fileio import read_json, sha256_file, write_json
 from slm_swap.progress import Progress
 from slm_swap.prompts import TRACKS
+from slm_swap.tracks import get_track
 
-Track = Literal["structured", "toolcall"]
+Track = Literal["structured", "toolcall", "agent"]
 FinetuneMode = Literal["auto", "always", "never"]
 FINETUNE_MODES: tuple[str, ...] = ("auto", "always", "never")
 DEFAULT_FINETUNE_DEPLOYMENT = "slm-swap-finetune/gpu"
@@ -104,6 +105,9 @@ class PipelineConfig(BaseModel):
     finetune_deployment: str | None = Field(
         DEFAULT_FINETUNE_DEPLOYMENT, description="run the fine-tune as this deployment (on the GPU work pool) when a Prefect "
         "API server is configured and the deployment exists; otherwise the subflow runs in-process"
+    )
+    tools: str | None = Field(
+        None, description="agent track: the tools factory MODULE:FACTORY the agent gets (None: capture's simulated tools)"
     )
 
     @field_validator("tracks")
@@ -207,9 +211,9 @@ def folder_sha256(folder: Path) -> str:
 
 def eval_fingerprint(settings: Settings, config: PipelineConfig, track: str, kind: str, adapter: Path | None) -> dict[str, Any]:
     """The inputs that decide an eval's result; equal fingerprints mean the eval need not run again."""
-    rows_path = Path(config.data_dir) / track / f"{config.split}.jsonl"
+    rows_path = get_track(track).split_file(config.data_dir, config.split)
     if not rows_path.is_file():
-        raise SlmSwapError(f"{rows_path}: no such dataset file (run `slm-swap prepare` or set the pipeline's data source)")
+        raise SlmSwapError(f"{rows_path}: no such dataset file (run `slm-swap prepare`/`build` or set the pipeline's data source)")
     return {
         "track": track,
         "split": config.split,
@@ -220,6 +224,7 @@ def eval_fingerprint(settings: Settings, config: PipelineConfig, track: str, kin
         "model_identity": model_identity(settings, kind, config.load_in_4bit if kind == "slm" else None),
         "adapter": str(adapter) if adapter else None,
         "adapter_sha256": folder_sha256(adapter) if adapter else None,
+        "tools": config.tools,
     }
 
 
@@ -315,7 +320,7 @@ def run_eval_step(
         settings, track=track, split=config.split, data_dir=Path(config.data_dir), out=out, model_kind=kind,
         adapter=adapter, limit=config.limit, resume=action == "resume", concurrency=config.concurrency,
         timeout_s=config.timeout_s, batch_size=config.batch_size, load_in_4bit=config.load_in_4bit, progress=progress,
-        flow_run_id=flow_run_id,
+        flow_run_id=flow_run_id, tools_spec=config.tools,
     )
     write_json(stamp_file, {"fingerprint": fingerprint, "started_at": started_at, "finished_at": _now().isoformat(),
                             "metrics_sha256": sha256_file(out)})

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from slm_swap.compare import Decision, delta_text, format_decision
 from slm_swap.fileio import atomic_write_bytes, atomic_write_text, write_json
-from slm_swap.metrics import AST_METRIC, CORE_METRICS
+from slm_swap.tracks import get_track
 
 SIDES = (("hosted", "hosted"), ("slm", "SLM"), ("slm_ft", "SLM fine-tuned"))
 
@@ -35,10 +35,7 @@ class TrackReport:
     final: Decision | None = None
 
     def metric_names(self) -> list[str]:
-        names = list(CORE_METRICS[self.track])
-        if AST_METRIC in self.hosted and AST_METRIC in self.slm:
-            names.append(AST_METRIC)
-        return names
+        return get_track(self.track).metric_names(self.hosted, self.slm)
 
     def trace_ids(self) -> dict[str, str | None]:
         """Every Langfuse trace id of this track, by step (None when tracing was off)."""
@@ -75,7 +72,7 @@ def table_rows(reports: list[TrackReport]) -> list[dict[str, Any]]:
             rows.append({
                 "track": report.track,
                 "metric": name,
-                "core": name in CORE_METRICS[report.track],
+                "core": name in get_track(report.track).core_metrics,
                 "hosted": hosted,
                 "slm": slm,
                 "slm_ft": slm_ft,
@@ -114,12 +111,15 @@ def markdown(
     chart: str | None = None,
     trace_url: Callable[[str], str | None] | None = None,
     comparison_url: Callable[[list[dict[str, Any] | None]], str | None] | None = None,
+    preface: list[str] | None = None,
 ) -> str:
     """The report as markdown (the Prefect artifact and report.md). `comparison_url` links each
-    track's evals side by side in Langfuse's experiment comparison (the hosted run the baseline)."""
+    track's evals side by side in Langfuse's experiment comparison (the hosted run the baseline);
+    `preface`: markdown lines before the tracks (the distill flow's data section)."""
     lines = ["# SLM Swap report", ""]
     if flow_run_id:
         lines += [f"Prefect flow run: `{flow_run_id}`", ""]
+    lines += preface or []
     for report in reports:
         delta = report.decision.delta
         lines += [f"## {report.track}: {verdict(report)}", "",
@@ -228,13 +228,17 @@ def write_report(
     flow_run_id: str | None = None,
     trace_url: Callable[[str], str | None] | None = None,
     comparison_url: Callable[[list[dict[str, Any] | None]], str | None] | None = None,
+    preface: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[ReportFiles, str]:
-    """Write report.png, report.md and report.json into `eval_dir`; returns the paths and the markdown."""
+    """Write report.png, report.md and report.json into `eval_dir`; returns the paths and the markdown.
+    `preface` opens the markdown; `extra` adds keys to report.json."""
     eval_dir = Path(eval_dir)
     files = ReportFiles(markdown=eval_dir / "report.md", json=eval_dir / "report.json", chart=eval_dir / "report.png")
     write_chart(reports, files.chart)
     text = markdown(reports, flow_run_id=flow_run_id, chart=str(files.chart), trace_url=trace_url,
-                    comparison_url=comparison_url)
+                    comparison_url=comparison_url, preface=preface)
     atomic_write_text(files.markdown, text)
-    write_json(files.json, json.loads(json.dumps(summary(reports, flow_run_id=flow_run_id), default=str)))
+    document = {**summary(reports, flow_run_id=flow_run_id), **(extra or {})}
+    write_json(files.json, json.loads(json.dumps(document, default=str)))
     return files, text

@@ -19,13 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import queue
 import re
-import threading
 import time
 import uuid
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +31,7 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slm_swap.clients import MAX_NEW_TOKENS
+from slm_swap.clients.batching import Job, ModelWorker, cut_at_stop
 from slm_swap.clients.local import BASE, LocalModel
 from slm_swap.errors import SlmSwapError
 
@@ -89,87 +86,6 @@ class ChatRequest(BaseModel):
 
     def stop_sequences(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """The text before the first stop sequence (OpenAI leaves the sequence out), and whether one was
-    found. Applied to the finished generation: the decoder itself stops only at end-of-turn tokens."""
-    found = [text.index(stop) for stop in stops if stop in text]
-    return (text[: min(found)], True) if found else (text, False)
-
-
-@dataclass
-class _Job:
-    messages: list[dict[str, str]]
-    adapter: str | None
-    max_tokens: int
-    future: Future = field(default_factory=Future)
-
-
-class ModelWorker:
-    """The only thread that touches the model: takes queued jobs, batches compatible ones."""
-
-    def __init__(self, model: LocalModel, batch_size: int):
-        self.model = model
-        self.batch_size = batch_size
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="slm-worker", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: _Job) -> Future:
-        self.jobs.put(job)
-        return job.future
-
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        # Strictly fair: `pending` holds every waiting job in arrival order, and each batch is the
-        # oldest one plus the next compatible ones (same adapter and max_tokens), so a job is served
-        # within as many batches as there are jobs older than it, whatever keeps arriving.
-        pending: list[_Job] = []
-        stopping = False  # `None` was queued: serve what came before it, then return
-        while True:
-            block = not pending  # nothing to do: wait for the next arrival
-            while not stopping:  # take everything that has arrived, in order
-                try:
-                    job = self.jobs.get(block=block)
-                except queue.Empty:
-                    break
-                block = False
-                if job is None:
-                    stopping = True
-                else:
-                    pending.append(job)
-            # Callers that hung up (client timeout) cancelled their futures: they take no batch slot.
-            pending = [job for job in pending if not job.future.cancelled()]
-            if not pending:
-                if stopping:
-                    return
-                continue
-            oldest, batch, rest = pending[0], [pending[0]], []
-            for job in pending[1:]:
-                same = job.adapter == oldest.adapter and job.max_tokens == oldest.max_tokens
-                (batch if same and len(batch) < self.batch_size else rest).append(job)
-            pending = rest
-            self._generate(batch)
-
-    def _generate(self, batch: list[_Job]) -> None:
-        # Callers that hung up (client timeout) cancelled their futures: don't spend the CPU on them.
-        # (`_run` dropped those it saw; this also catches any cancelled since.)
-        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-        if not batch:
-            return
-        try:
-            prompts = [self.model.render(job.messages) for job in batch]
-            results = self.model.generate(prompts, adapter=batch[0].adapter, max_new_tokens=batch[0].max_tokens)
-        except Exception as exc:  # reported to each caller as a 500, the worker lives on
-            for job in batch:
-                job.future.set_exception(exc)
-            return
-        for job, result in zip(batch, results):
-            job.future.set_result(result)
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
@@ -280,7 +196,7 @@ def create_app(
             return _error(400, f"Invalid messages for this model's chat template: {exc}", "invalid_request_error", param="messages")
         if problem:
             return _error(400, problem, "invalid_request_error", "context_length_exceeded", "messages")
-        future = worker.submit(_Job(messages, served[name], max_tokens))
+        future = worker.submit(Job(messages, served[name], max_tokens, chat_request.stop_sequences()))
         waiting = asyncio.wrap_future(future)
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)

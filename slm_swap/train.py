@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 from slm_swap.errors import SlmSwapError
-from slm_swap.prompts import TRACKS
+from slm_swap.tracks import TRACKS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch).")
-    parser.add_argument("--track", required=True, choices=TRACKS)
+    parser.add_argument("--track", required=True, choices=tuple(TRACKS),
+                        help="agent: conversation rows of `slm-swap build`, loss on the assistant turns only")
     parser.add_argument("--train", required=True, help="train split JSONL")
     parser.add_argument("--val", required=True, help="validation split JSONL")
     parser.add_argument("--out", required=True, help="adapter folder, e.g. slm_swap/04_ft/adapter_<track>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from slm_swap.serve import ModelWorker, _Job
+from slm_swap.clients.batching import Job, ModelWorker
 
 
 class FakeModel:
@@ -18,7 +18,7 @@ class FakeModel:
     def render(self, messages):
         return messages[-1]["content"]
 
-    def generate(self, prompts, adapter=None, max_new_tokens=None):
+    def generate(self, prompts, adapter=None, max_new_tokens=None, stop=None):
         self.calls.append(list(prompts))
         if len(self.calls) == 1:
             self.release.wait(10)
@@ -26,7 +26,7 @@ class FakeModel:
 
 
 def job(text, adapter=None):
-    return _Job([{"role": "user", "content": text}], adapter, 16)
+    return Job([{"role": "user", "content": text}], adapter, 16)
 
 
 def test_queued_jobs_for_the_same_model_run_as_one_batch_and_cancelled_ones_are_skipped():
@@ -64,10 +64,10 @@ def test_steady_traffic_to_one_adapter_cannot_starve_another():
 
     generate = model.generate
 
-    def generate_while_traffic_arrives(prompts, adapter=None, max_new_tokens=None):
+    def generate_while_traffic_arrives(prompts, adapter=None, max_new_tokens=None, stop=None):
         if 1 <= len(model.calls) < 7:  # the six batches after `first` each see four new arrivals
             more_base_traffic()
-        return generate(prompts, adapter, max_new_tokens)
+        return generate(prompts, adapter, max_new_tokens, stop)
 
     model.generate = generate_while_traffic_arrives
     try:

@@ -30,21 +30,26 @@ class Completion:
     completion_tokens: int | None = None
 
 
+def check_model_kind(kind: str, *, adapter=None, load_in_4bit: bool | None = None) -> None:
+    """`--model-kind` and the flags that apply to the SLM only, checked before anything is built."""
+    from slm_swap.errors import SlmSwapError
+
+    if kind not in ("azure", "slm"):
+        raise SlmSwapError(f"unknown model kind {kind!r}: expected azure or slm")
+    if kind == "azure" and adapter is not None:
+        raise SlmSwapError("--adapter applies to --model-kind slm only")
+    if kind == "azure" and load_in_4bit is not None:
+        raise SlmSwapError("--load-in-4bit applies to --model-kind slm only")
+
+
 def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
                  max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE, load_in_4bit: bool | None = None):
     """The client for `--model-kind azure|slm` (heavy imports only for the kind asked for)."""
-    from slm_swap.errors import SlmSwapError
-
+    check_model_kind(kind, adapter=adapter, load_in_4bit=load_in_4bit)
     if kind == "azure":
-        if adapter is not None:
-            raise SlmSwapError("--adapter applies to --model-kind slm only")
-        if load_in_4bit is not None:
-            raise SlmSwapError("--load-in-4bit applies to --model-kind slm only")
         from slm_swap.clients.hosted import HostedClient
 
         return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
-    if kind == "slm":
-        from slm_swap.clients.local import load_local_model
+    from slm_swap.clients.local import load_local_model
 
-        return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)
-    raise SlmSwapError(f"unknown model kind {kind!r}: expected azure or slm")
+    return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)

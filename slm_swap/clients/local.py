@@ -15,7 +15,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -117,18 +117,38 @@ class LocalModel:
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None) -> list[Generation]:
+    def generate(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
+                 stop: list[list[str]] | None = None) -> list[Generation]:
         """Greedy continuations of rendered prompts, decoded together, in input order."""
-        finished = dict(self.stream(prompts, adapter, max_new_tokens))
+        finished = dict(self.stream(prompts, adapter, max_new_tokens, stop))
         return [finished[index] for index in range(len(prompts))]
 
-    def stream(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None) -> Iterator[tuple[int, Generation]]:
-        """(index in `prompts`, generation) as each prompt finishes; all decoded together (see `greedy_decode`)."""
+    def stream(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
+               stop: list[list[str]] | None = None) -> Iterator[tuple[int, Generation]]:
+        """(index in `prompts`, generation) as each prompt finishes; all decoded together (see `greedy_decode`).
+        `stop[i]`: strings that end prompt i's generation once its text contains one (the text keeps
+        it: callers cut there, as OpenAI's `stop` does); otherwise only end-of-turn tokens end it."""
         rows = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         with self._using(adapter):
-            for index, tokens, reason in greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids):
+            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids,
+                                    self._stop_check(stop) if stop and any(stop) else None)
+            for index, tokens, reason in decoded:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 yield index, Generation(text, len(rows[index]), len(tokens), reason)
+
+    def _stop_check(self, stop: list[list[str]]) -> Callable[[int, list[int]], bool]:
+        """Whether row i's newest tokens complete one of its stop strings. Only the tail is decoded:
+        every token spells at least one character, so a stop string lies within its last
+        len(stop) + 1 tokens (one more for a token it shares with the text before)."""
+        windows = [max(map(len, strings), default=0) + 1 for strings in stop]
+
+        def check(row: int, tokens: list[int]) -> bool:
+            if not stop[row]:
+                return False
+            tail = self.tokenizer.decode(tokens[-windows[row]:], skip_special_tokens=True)
+            return any(string in tail for string in stop[row])
+
+        return check
 
     @contextlib.contextmanager
     def _using(self, adapter: str | None):
@@ -241,9 +261,10 @@ PREFILL_GROUP = 8  # prompts encoded together: enough to batch the matmuls, few 
 
 
 @torch.inference_mode()
-def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int]) -> Iterator[tuple[int, list[int], str]]:
+def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
+                  should_stop: Callable[[int, list[int]], bool] | None = None) -> Iterator[tuple[int, list[int], str]]:
     """(row index, completion token ids without the stop token, "stop" | "length") for each
-    prompt row, as each finishes."""
+    prompt row, as each finishes. `should_stop(row, tokens so far)` can end a row early ("stop")."""
     device = model.device
     shared = _shared_prefix_length(rows)
     prefix = DynamicCache()
@@ -302,7 +323,9 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int]) 
                 reasons[row] = "stop"
             else:
                 outputs[row].append(token)
-                if len(outputs[row]) == limit:
+                if should_stop is not None and should_stop(row, outputs[row]):
+                    reasons[row] = "stop"
+                elif len(outputs[row]) == limit:
                     reasons[row] = "length"
             if reasons[row] is not None:
                 yield row, outputs[row], reasons[row]

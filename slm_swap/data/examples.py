@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import canonical_json, read_jsonl
-from slm_swap.prompts import build_prompt, check_track
+from slm_swap.fileio import read_jsonl
+from slm_swap.prompts import build_prompt
+from slm_swap.tracks import TRACKS, get_row_track
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,15 @@ class Example:
 
 
 def structured_completion(name: str, arguments: dict[str, Any]) -> str:
-    return canonical_json({"name": name, "arguments": arguments})
+    return TRACKS["structured"].completion(name, arguments)
 
 
 def toolcall_completion(name: str, arguments: dict[str, Any]) -> str:
-    return f'<tool_call name="{name}">{canonical_json(arguments)}</tool_call>'
+    return TRACKS["toolcall"].completion(name, arguments)
 
 
 def build_row(example: Example, track: str) -> dict[str, str]:
-    check_track(track)
-    completion = (
-        structured_completion(example.name, example.arguments)
-        if track == "structured"
-        else toolcall_completion(example.name, example.arguments)
-    )
+    completion = get_row_track(track).completion(example.name, example.arguments)
     return {"prompt": build_prompt(track, example.request, example.functions), "completion": completion}
 
 

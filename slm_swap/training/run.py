@@ -20,7 +20,7 @@ from typing import Any
 
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import sha256_file, write_json
-from slm_swap.prompts import check_track
+from slm_swap.tracks import get_track
 from slm_swap.training.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.training.data import load_training_rows, tokenize_rows
 from slm_swap.training.hyperparams import HyperParams
@@ -70,7 +70,7 @@ def use_bf16(precision: str, cuda: bool) -> bool:
 
 def validate(request: TrainRequest) -> None:
     """Every bad input is refused before anything is loaded or written."""
-    check_track(request.track)
+    get_track(request.track)
     if request.precision not in PRECISIONS:
         raise SlmSwapError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if request.sampling not in SAMPLING:

@@ -11,8 +11,8 @@ validation splits do not take. Under `out_dir`:
                                                    teacher's conversation; its turns (thought, code,
                                                    final answer) trained, system, task and every
                                                    observation not
-    agent/{split}.tasks.jsonl                      id, task, functions, gold call and BFCL answers: what
-                                                   an agent eval asks and checks
+    agent/{split}.tasks.jsonl                      id, task, functions, gold call, BFCL answers and the
+                                                   capture's step limit: what an agent eval asks and checks
     dataset.json                                   source trajectory file + hash, filter counts, sizes, ids
 """
 
@@ -44,9 +44,11 @@ def agent_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_task(record: dict[str, Any]) -> dict[str, Any]:
+    """What an agent eval asks and checks: the task, its signatures, the gold call, the step limit."""
     gold = record["gold"]
     return {"id": record["request_id"], "task": record["task"], "functions": record["tools"],
-            "gold": {"name": gold["name"], "arguments": gold["arguments"]}, "possible_answer": gold.get("possible_answer")}
+            "gold": {"name": gold["name"], "arguments": gold["arguments"]}, "possible_answer": gold.get("possible_answer"),
+            "max_steps": record["max_steps"]}
 
 
 def build(accepted: Path, out_dir: Path, *, val: int = DEFAULT_VAL, test: int = DEFAULT_TEST, seed: int = 0) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """`slm-swap capture`: the hosted model as a CodeAct agent over a source's rows, one trajectory per request.
 
 The teacher is reached exactly as `eval` reaches it (the same settings, `openai` client, timeout,
-retries, secret scrubbing), wrapped in smolagents' model class for OpenAI-compatible or Azure
-endpoints and driven by the agent in `codeact`. Requests run `concurrency` trajectories at a time.
+retries, secret scrubbing: `agent_models.hosted_agent_model`), wrapped in smolagents' model class
+for OpenAI-compatible or Azure endpoints and driven by the agent in `codeact`. Requests run
+`concurrency` trajectories at a time. The agent eval (`agent_eval`) runs this same loop with the
+model under test playing the agent.
 
 Trajectories are appended to the output JSONL as they finish, so a killed capture is finished with
 `resume=True`: requests already captured are not asked again. A request the teacher could not answer
@@ -17,51 +19,58 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from slm_swap.config import Settings
 from slm_swap.data.examples import Example
 from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import atomic_write_text, check_writable_file, jsonl_text, read_json, remove_stale_temps, write_json
+from slm_swap.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, read_json,
+                             remove_stale_temps, write_json)
 from slm_swap.progress import Progress, progress_meter
 from slm_swap.tracing import NullRun, Run
-from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory,
-                                           make_tools, solve)
+from slm_swap.trajectories.agent_models import AgentModel
+from slm_swap.trajectories.codeact import DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory, make_tools, solve
 from slm_swap.trajectories.records import read_trajectories
 from slm_swap.workers import in_threads
 
-@dataclass(frozen=True)
-class Teacher:
-    """The model that plays the agent: its identity, a factory for smolagents models that call it,
-    and the scrubber that removes configured secrets from anything it sends back."""
-
-    identity: str
-    make_model: Callable[[], Any]
-    scrub: Callable[[str], str]
-
-
-def hosted_teacher(settings: Settings, *, timeout_s: float = 60.0, max_retries: int = 4) -> Teacher:
-    """The hosted model (Azure or an OpenAI-compatible URL) as `eval` configures it. Retries are the
-    `openai` SDK's (429/5xx, backoff, Retry-After); smolagents' own retrying is off so they do not multiply."""
-    import openai
-    from smolagents import AzureOpenAIModel, OpenAIModel
-
-    from slm_swap.clients.hosted import HostedClient
-
-    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries, max_tokens=AGENT_MAX_NEW_TOKENS)
-    model_class = AzureOpenAIModel if isinstance(hosted.client, openai.AzureOpenAI) else OpenAIModel
-
-    def make_model() -> Any:
-        return model_class(model_id=hosted.model, client=hosted.client, retry=False,
-                           temperature=0, max_tokens=hosted.max_tokens)
-
-    return Teacher(hosted.identity, make_model, hosted.scrub)
-
-
 def run_file_for(out: Path) -> Path:
     return out.with_name(out.stem + ".run.json")
+
+
+def source_examples(source: str, dataset_path: Path | None = None, categories: tuple[str, ...] = (),
+                    limit: int | None = None) -> tuple[list[Example], dict[str, Any]]:
+    """(the first `limit` rows of a source, one per distinct task text; its provenance): what capture asks."""
+    from slm_swap.data.prepare import load_source
+
+    if limit is not None and limit < 1:
+        raise SlmSwapError(f"--limit must be >= 1, got {limit}")
+    examples, _, provenance = load_source(source, dataset_path, tuple(categories or ()))
+    seen: set[str] = set()
+    unique = [e for e in examples if not (e.request in seen or seen.add(e.request))]
+    return unique[:limit], provenance
+
+
+def capture_pin(examples: list[Example], source: dict[str, Any], identity: str, max_steps: int,
+                tools_spec: str) -> dict[str, Any]:
+    """What a capture's trajectories are made with; `--resume` is refused when it differs."""
+    return {
+        "teacher": identity,
+        "source": source,
+        "max_steps": max_steps,
+        "tools": tools_spec,
+        "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
+        "request_ids": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest(),
+        "tool_schemas": hashlib.sha256(canonical_json([e.functions for e in examples]).encode()).hexdigest(),
+    }
+
+
+def can_resume(out: Path, pin: dict[str, Any]) -> bool:
+    """Whether `out` holds (part of) a capture made with exactly `pin`: resuming it asks only what is missing."""
+    run_path = run_file_for(Path(out))
+    try:
+        return Path(out).is_file() and run_path.is_file() and read_json(run_path, "run file") == pin
+    except SlmSwapError:
+        return False
 
 
 def scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:
@@ -92,7 +101,7 @@ def capture(
     source: dict[str, Any],
     *,
     out: Path,
-    teacher: Teacher,
+    model: AgentModel,
     max_steps: int,
     tools_spec: str = DEFAULT_TOOLS,
     concurrency: int = 8,
@@ -100,8 +109,10 @@ def capture(
     max_errors: int | None = None,
     progress: Progress = "bar",
     trace: Run = NullRun(),
+    on_record: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Capture one trajectory per example into `out`; returns the run's summary."""
+    """Capture one trajectory per example into `out` with `model` playing the agent; returns the
+    run's summary. `on_record` may add to each record before it is written (the agent eval scores it)."""
     if not examples:
         raise SlmSwapError(f"source {source.get('name')!r} has no usable rows (single-call requests with signatures)")
     if max_steps < 1:
@@ -115,14 +126,7 @@ def capture(
     out = Path(out)
     check_writable_file(out, "--out")
     run_path = run_file_for(out)
-    pin = {
-        "teacher": teacher.identity,
-        "source": source,
-        "max_steps": max_steps,
-        "tools": tools_spec,
-        "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
-        "request_ids": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest(),
-    }
+    pin = capture_pin(examples, source, model.identity, max_steps, tools_spec)
     previous = read_json(run_path, "run file") if resume and run_path.exists() else None
     if previous is not None and previous != pin:
         changed = next((key for key in pin if previous.get(key) != pin[key]), "settings")
@@ -147,10 +151,10 @@ def capture(
         record: dict[str, Any] = {
             "index": order[example.id], "request_id": example.id, "task": example.request, "tools": example.functions,
             "gold": {"name": example.name, "arguments": example.arguments, "possible_answer": example.possible_answer},
-            "teacher": teacher.identity, "max_steps": max_steps, "langfuse_trace_id": trace.trace_id,
+            "teacher": model.identity, "max_steps": max_steps, "langfuse_trace_id": trace.trace_id,
         }
         try:
-            run = solve(teacher.make_model(), example.request, example.functions, max_steps=max_steps,
+            run = solve(model.make_model(), example.request, example.functions, max_steps=max_steps,
                         tools_factory=factory, tools_spec=tools_spec)
         except AgentGenerationError as exc:
             record.update(steps=[], messages=[], finished=False, state="request_failed", final_answer=None,
@@ -159,13 +163,16 @@ def capture(
             record.update(steps=run.steps, messages=run.messages, finished=run.finished, state=run.state,
                           final_answer=run.final_answer, tool_calls=run.tool_calls, error=None)
         record["latency_s"] = round(time.perf_counter() - begun, 4)
-        return scrub_value(record, teacher.scrub)
+        return scrub_value(record, model.scrub)
 
-    bar = progress_meter(progress, f"capture {teacher.identity}", len(examples), len(done))
+    bar = progress_meter(progress, f"{'capture' if on_record is None else 'agent eval'} {model.identity}",
+                         len(examples), len(done))
     with open(out, "a", encoding="utf-8") as log:
         results = in_threads(pending, one, concurrency, "capture")
         try:
             for record in results:
+                if on_record is not None:
+                    record = on_record(record)
                 log.write(json.dumps(record, ensure_ascii=False) + "\n")
                 log.flush()
                 _trace_trajectory(trace, record)
@@ -175,7 +182,7 @@ def capture(
                     errors += 1
                     if errors > budget:
                         raise SlmSwapError(
-                            f"{errors} teacher requests failed (budget {budget}, --max-errors); last: {record['error']}. "
+                            f"{errors} model requests failed (budget {budget}, --max-errors); last: {record['error']}. "
                             f"Finished trajectories are kept in {out}: fix the cause and rerun with --resume")
         finally:
             bar.close()
@@ -183,7 +190,7 @@ def capture(
     records = sorted(done.values(), key=lambda r: r["index"])
     atomic_write_text(out, jsonl_text(records))
     summary = {
-        "out": str(out), "teacher": teacher.identity, "n": len(records),
+        "out": str(out), "teacher": model.identity, "n": len(records),
         "captured_this_run": len(pending), "finished": sum(1 for r in records if r["finished"]),
         "errors": sum(1 for r in records if r["error"]), "wall_s": round(time.perf_counter() - started, 3),
     }

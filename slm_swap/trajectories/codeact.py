@@ -232,12 +232,16 @@ def solve(model: Any, task: str, functions: list[dict[str, Any]], *, max_steps: 
                     final_answer=_plain(result.output) if finished else None, tool_calls=list(calls))
 
 
-def conversation(agent: CodeActAgent) -> list[dict[str, str]]:
-    """The agent's memory as the chat messages its model is sent (roles converted, consecutive
-    same-role messages merged, text flattened), through smolagents' own message builder."""
-    messages = get_clean_message_list(agent.write_memory_to_messages(), role_conversions=tool_role_conversions,
-                                      flatten_messages_as_text=True)
+def plain_messages(messages: list[Any]) -> list[dict[str, str]]:
+    """smolagents messages as plain chat messages (roles converted, consecutive same-role messages
+    merged, text flattened), through smolagents' own message builder: what a chat template renders."""
+    messages = get_clean_message_list(messages, role_conversions=tool_role_conversions, flatten_messages_as_text=True)
     return [{"role": str(getattr(m["role"], "value", m["role"])), "content": m["content"]} for m in messages]
+
+
+def conversation(agent: CodeActAgent) -> list[dict[str, str]]:
+    """The agent's memory as the chat messages its model is sent."""
+    return plain_messages(agent.write_memory_to_messages())
 
 
 def step_record(step: ActionStep) -> dict[str, Any]:

@@ -1,0 +1,104 @@
+"""The models that play the CodeAct agent: the hosted one (capture's teacher, or under evaluation)
+and the local SLM (under evaluation, with or without an adapter).
+
+An `AgentModel` is what capture and the agent eval need of either: an identity for records, a
+factory for the smolagents model each agent run uses, a scrubber for anything the model sends back,
+and `close`.
+
+- `hosted_agent_model`: the hosted model reached exactly as `eval` reaches it (`HostedClient`: the
+  same settings, `openai` client, timeout, retries), wrapped in smolagents' `OpenAIModel` or
+  `AzureOpenAIModel`. Retries are the SDK's; smolagents' own retrying is off so they do not multiply.
+- `local_agent_model`: the project's `LocalModel` (loaded once by `load_local_model`) behind the
+  batching worker (`clients.batching`): the steps of agents running side by side are decoded
+  together, and a step ends as soon as its text reaches one of the agent's stop sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from smolagents import Model
+from smolagents.models import ChatMessage, MessageRole
+from smolagents.monitoring import TokenUsage
+
+from slm_swap.config import Settings
+from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, plain_messages
+
+
+@dataclass(frozen=True)
+class AgentModel:
+    """The model that plays the agent: its identity, a factory for the smolagents models that call
+    it, the scrubber that removes configured secrets from anything it sends back, and `close`."""
+
+    identity: str
+    make_model: Callable[[], Any]
+    scrub: Callable[[str], str]
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def hosted_agent_model(settings: Settings, *, timeout_s: float = 60.0, max_retries: int = 4) -> AgentModel:
+    """The hosted model (Azure or an OpenAI-compatible URL) as `eval` configures it."""
+    import openai
+    from smolagents import AzureOpenAIModel, OpenAIModel
+
+    from slm_swap.clients.hosted import HostedClient
+
+    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries, max_tokens=AGENT_MAX_NEW_TOKENS)
+    model_class = AzureOpenAIModel if isinstance(hosted.client, openai.AzureOpenAI) else OpenAIModel
+
+    def make_model() -> Any:
+        return model_class(model_id=hosted.model, client=hosted.client, retry=False,
+                           temperature=0, max_tokens=hosted.max_tokens)
+
+    return AgentModel(hosted.identity, make_model, hosted.scrub, hosted.close)
+
+
+class LocalAgentModel(Model):
+    """A smolagents model whose every step is one job on the local model's batching worker: greedy,
+    at most `max_tokens` new tokens, ended early at the agent's stop sequences (cut off, as the
+    OpenAI API does)."""
+
+    def __init__(self, worker: Any, adapter: str | None, model_id: str, max_tokens: int = AGENT_MAX_NEW_TOKENS):
+        super().__init__(model_id=model_id, flatten_messages_as_text=True)
+        self.worker, self.adapter, self.max_tokens = worker, adapter, max_tokens
+
+    def generate(self, messages: list[Any], stop_sequences: list[str] | None = None, response_format: Any = None,
+                 tools_to_call_from: Any = None, **kwargs: Any) -> ChatMessage:
+        from slm_swap.clients.batching import Job, cut_at_stop
+
+        stops = [stop for stop in stop_sequences or [] if stop]
+        result = self.worker.submit(Job(plain_messages(messages), self.adapter, self.max_tokens, stops)).result()
+        text, _ = cut_at_stop(result.text, stops)
+        return ChatMessage(role=MessageRole.ASSISTANT, content=text,
+                           token_usage=TokenUsage(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens))
+
+
+def local_agent_model(model: Any, *, batch_size: int = 8) -> AgentModel:
+    """The local SLM (`LocalModel`, with its default adapter if it has one) as the agent; steps of up
+    to `batch_size` agents are decoded together. `close` stops the worker thread."""
+    from slm_swap.clients.batching import ModelWorker
+
+    worker = ModelWorker(model, batch_size)
+    identity = model.identity + (f" + adapter {model.adapter_path}" if model.adapter_path else "")
+    return AgentModel(identity, lambda: LocalAgentModel(worker, model.default_adapter, model.model_path.name),
+                      lambda text: text, worker.stop)
+
+
+def build_agent_model(kind: str, settings: Settings, *, adapter: Any = None, timeout_s: float = 60.0,
+                      max_retries: int = 4, concurrency: int = 8, batch_size: int = 64,
+                      load_in_4bit: bool | None = None) -> tuple[AgentModel, dict[str, Any]]:
+    """(the agent model for `--model-kind azure|slm`, the metrics file's `model` record), as
+    `clients.build_client` builds an eval's client: the hosted model, or the SLM loaded once by
+    `load_local_model` (with the adapter as its default)."""
+    from slm_swap.clients import check_model_kind
+
+    check_model_kind(kind, adapter=adapter, load_in_4bit=load_in_4bit)
+    if kind == "azure":
+        model = hosted_agent_model(settings, timeout_s=timeout_s, max_retries=max_retries)
+        return model, {"kind": "azure", "identity": model.identity, "adapter": None}
+    from slm_swap.clients.local import load_local_model
+
+    local = load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)
+    return (local_agent_model(local, batch_size=concurrency),
+            {"kind": "slm", "identity": local.identity, "adapter": str(adapter) if adapter else None})
