@@ -481,4 +481,4 @@ def test_a_failed_step_fails_the_flow_and_the_command(prefect_api, tmp_path, hos
     assert stub.requests == []
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"slm-swap: error: {tmp_path / 'nowhere' / 'toolcall' / 'test.jsonl'}: no such dataset file " \
-                   "(run `slm-swap prepare` or set the pipeline's data source)"
+                   "(run `slm-swap prepare`/`build` or set the pipeline's data source)"
