@@ -233,7 +233,7 @@ class AgentTrack(Track):
             "task_success": judged["accepted"],
             "reason": judged["reason"],
             "valid_code": bool(turns) and not any(step.get("error") for step in turns),
-            "steps": len(turns),
+            "turns": len(turns),
             "valid_call": call is not None,
             "name_match": call is not None and call["name"] == gold["name"],
             "args_exact": call is not None and canonical_json(call["arguments"]) == canonical_json(gold["arguments"]),

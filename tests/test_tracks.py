@@ -53,7 +53,7 @@ def test_metric_names_show_an_info_metric_only_where_every_file_has_it():
 def test_the_agent_track_scores_a_trajectory_as_the_filter_judges_it():
     agent = get_track("agent")
     right = agent.score(trajectory([{"name": "math.hypot", "arguments": {"x": 3, "y": 4}}]))
-    assert right == {"task_success": True, "reason": None, "valid_code": True, "steps": 2, "valid_call": True,
+    assert right == {"task_success": True, "reason": None, "valid_code": True, "turns": 2, "valid_call": True,
                      "name_match": True, "args_exact": True, "args_ast_match": True}
     # BFCL's AST match accepts an optional argument at its default; exact JSON equality does not.
     optional = agent.score(trajectory([{"name": "math.hypot", "arguments": {"x": 3, "y": 4, "z": 0}}]))
@@ -67,7 +67,7 @@ def test_the_agent_track_scores_a_trajectory_as_the_filter_judges_it():
     assert (nothing["task_success"], nothing["reason"], nothing["valid_call"], nothing["name_match"]) == (
         False, "no_final_answer", False, False)
     failed = agent.score(trajectory([], finished=False, errors=(), failed="429"))
-    assert failed["reason"] == "request_failed" and not failed["valid_code"] and failed["steps"] == 0
+    assert failed["reason"] == "request_failed" and not failed["valid_code"] and failed["turns"] == 0
     # Without BFCL answers (xLAM tasks) there is no AST metric, and the gold call is compared exactly.
     xlam = agent.score(trajectory([{"name": "math.hypot", "arguments": {"x": 3, "y": 4}}], possible=False))
     assert "args_ast_match" not in xlam and xlam["task_success"]

@@ -93,7 +93,7 @@ def run_agent_eval(
     def scored(record: dict[str, Any]) -> dict[str, Any]:
         record = {**record, **AGENT.score(record)}
         trace.example(record["index"], input=record["task"], output=record["final_answer"],
-                      metadata={k: record[k] for k in ("request_id", "reason", "steps", "error", "latency_s")},
+                      metadata={k: record[k] for k in ("request_id", "reason", "turns", "error", "latency_s")},
                       scores={key: record[key] for key in AGENT.metric_keys([record])})
         return record
 
@@ -112,7 +112,7 @@ def run_agent_eval(
                  "examples_per_s": round(summary["captured_this_run"] / wall, 3) if wall > 0 and summary["captured_this_run"] else None},
         langfuse_trace_id=trace.trace_id,
     )
-    document["mean_steps"] = round(sum(r["steps"] for r in records) / len(records), 3)
+    document["mean_steps"] = round(sum(r["turns"] for r in records) / len(records), 3)
     document["max_steps"] = max_steps
     write_json(out, document)
     rates = {name: value for name, value in document.items() if name.endswith("_rate")}
