@@ -125,14 +125,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from slm_swap.training.launch import launch_command
 
     from slm_swap.training.backends import choose_backend
+    from slm_swap.training.data import load_training_rows
 
     check_tracing_settings(load_settings())  # fail here, not after accelerate has started
     choose_backend(args.backend)  # likewise: a backend this machine cannot run is one line, now
     data_dir, out = data_dir_for(args), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
+    train = Path(args.train or data_dir / args.track / "train.jsonl")
+    val = Path(args.val or data_dir / args.track / "val.jsonl")
+    for rows in (train, val):  # and bad rows: one line naming the row, before any process starts
+        load_training_rows(rows, args.track)
     extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
              "--backend", args.backend, "--max-steps", str(args.max_steps)]
-    command = launch_command(track=args.track, train=Path(args.train or data_dir / args.track / "train.jsonl"),
-                             val=Path(args.val or data_dir / args.track / "val.jsonl"), out=out,
+    command = launch_command(track=args.track, train=train, val=val, out=out,
                              accelerate_config=args.accelerate_config, extra=extra)
     print("$ " + " ".join(command), flush=True)
     return subprocess.run(command).returncode

@@ -160,19 +160,19 @@ def traced_agent_eval(
     the split's tasks (`trajectories.agent_eval`), in one trace: a child per trajectory with its
     steps, and the split as a Langfuse dataset whose run holds each task's scores."""
     from slm_swap.clients import check_model_kind
-    from slm_swap.trajectories.agent_eval import load_tasks, run_agent_eval, tasks_path
+    from slm_swap.trajectories.agent_eval import check_tools_match, load_tasks, run_agent_eval, tasks_path
     from slm_swap.trajectories.agent_models import build_agent_model
-    from slm_swap.trajectories.codeact import DEFAULT_TOOLS, load_tools_factory
+    from slm_swap.trajectories.codeact import DEFAULT_TOOLS
 
     check_model_kind(model_kind, adapter=adapter, load_in_4bit=load_in_4bit)
     tasks = tasks_path(data_dir, split)
-    examples, task_steps = load_tasks(tasks, limit)
+    examples, task_steps, digests = load_tasks(tasks, limit)
     if max_errors is not None and max_errors < 0:
         raise SlmSwapError(f"--max-errors must be >= 0, got {max_errors}")
     if max_steps is not None and max_steps < 1:
         raise SlmSwapError(f"--max-steps must be >= 1, got {max_steps}")
     tools_spec = tools_spec or DEFAULT_TOOLS
-    load_tools_factory(tools_spec)
+    check_tools_match(tasks, examples, digests, tools_spec)
     check_writable_file(Path(out), "--out")
     check_adapter_track(adapter, "agent")
     with open_tracer(settings) as tracer:

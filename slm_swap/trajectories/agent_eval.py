@@ -2,6 +2,8 @@
 
 The agent, prompt, tools and step limit are capture's (`codeact`, the tasks' own `max_steps`), so the
 student is asked exactly what the teacher was. The tasks are `build`'s `<data-dir>/agent/<split>.tasks.jsonl`.
+Each task carries a digest of the system prompt the teacher saw; tools (`--tools`) that would show the
+student other tool schemas are refused before anything runs.
 The run is capture's loop (`capture.capture`) with the model under test playing the agent: each task's
 trajectory record, plus its scores (`tracks.AgentTrack.score`), is appended to `<out>.records.jsonl`
 as it finishes, so `resume=True` asks only what is missing, and a resume against another model,
@@ -26,7 +28,7 @@ from slm_swap.tracing import NullRun, Run
 from slm_swap.tracks import TRACKS
 from slm_swap.trajectories.agent_models import AgentModel
 from slm_swap.trajectories.capture import capture
-from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
+from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS, load_tools_factory, prompt_digest, system_prompt
 
 AGENT = TRACKS["agent"]
 
@@ -35,8 +37,9 @@ def tasks_path(data_dir: Path, split: str) -> Path:
     return AGENT.split_file(data_dir, split)
 
 
-def load_tasks(path: Path, limit: int | None = None) -> tuple[list[Example], int]:
-    """(the tasks as examples, their step limit), checked row by row; cut to `limit` tasks."""
+def load_tasks(path: Path, limit: int | None = None) -> tuple[list[Example], int, list[str | None]]:
+    """(the tasks as examples, their step limit, the digest of each one's capture system prompt),
+    checked row by row; cut to `limit` tasks."""
     if limit is not None and limit < 1:
         raise SlmSwapError(f"--limit must be >= 1, got {limit}")
     path = Path(path)
@@ -45,7 +48,7 @@ def load_tasks(path: Path, limit: int | None = None) -> tuple[list[Example], int
     rows = read_jsonl(path, "agent tasks file")
     if not rows:
         raise SlmSwapError(f"{path}: no tasks")
-    examples, limits = [], set()
+    examples, limits, digests = [], set(), []
     for number, row in enumerate(rows, start=1):
         gold = row.get("gold") if isinstance(row, dict) else None
         if not (isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("task"), str)
@@ -58,11 +61,25 @@ def load_tasks(path: Path, limit: int | None = None) -> tuple[list[Example], int
             raise SlmSwapError(f"{path}: row {number}: the gold call {gold['name']!r} is not one of the task's tools "
                                f"({', '.join(f['name'] for f in row['functions'])})")
         limits.add(row.get("max_steps", DEFAULT_MAX_STEPS))
+        digests.append(row.get("system_prompt_sha256"))
         examples.append(Example(id=row["id"], request=row["task"], functions=row["functions"], name=gold["name"],
                                 arguments=gold["arguments"], possible_answer=row.get("possible_answer")))
     if len(limits) != 1 or not all(isinstance(n, int) and n >= 1 for n in limits):
         raise SlmSwapError(f"{path}: tasks must share one whole-number 'max_steps' >= 1, got {sorted(map(str, limits))}")
-    return examples[:limit], limits.pop()
+    return examples[:limit], limits.pop(), digests[:limit]
+
+
+def check_tools_match(path: Path, examples: list[Example], digests: list[str | None], tools_spec: str) -> None:
+    """Refuse tools that would show the agent other tool schemas than the teacher was shown when its
+    trajectories were captured (another `--tools`, or signatures edited since): the student would be
+    asked something it was never trained on, and compared with a teacher that saw something else."""
+    factory = load_tools_factory(tools_spec)
+    for number, (example, digest) in enumerate(zip(examples, digests), start=1):
+        if digest is not None and prompt_digest(system_prompt(example.functions, factory, tools_spec)) != digest:
+            raise SlmSwapError(
+                f"{path}: row {number} ({example.id}): the tools of --tools {tools_spec} do not match the tool schemas "
+                "the trajectories were captured with (the agent's system prompt differs): evaluate with the capture's "
+                "tools, or capture and build again with these")
 
 
 def run_agent_eval(
@@ -83,7 +100,8 @@ def run_agent_eval(
 ) -> dict[str, Any]:
     """Run the agent on every task, write the records and the metrics file; returns the metrics
     document. `model_record` is the metrics file's `model` ({kind, identity, adapter})."""
-    examples, task_steps = load_tasks(tasks, limit)
+    examples, task_steps, digests = load_tasks(tasks, limit)
+    check_tools_match(tasks, examples, digests, tools_spec)
     max_steps = max_steps or task_steps
     out = Path(out)
     out.unlink(missing_ok=True)  # as every eval: a run that fails leaves no older result for `compare`

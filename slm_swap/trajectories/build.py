@@ -27,6 +27,7 @@ from slm_swap.data.examples import Example
 from slm_swap.data.prepare import SplitSizes, split_examples, write_dataset
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import jsonl_text, read_json, sha256_file
+from slm_swap.trajectories.codeact import prompt_digest
 from slm_swap.trajectories.records import read_trajectories
 
 DEFAULT_VAL, DEFAULT_TEST = 8, 8
@@ -44,11 +45,14 @@ def agent_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_task(record: dict[str, Any]) -> dict[str, Any]:
-    """What an agent eval asks and checks: the task, its signatures, the gold call, the step limit."""
+    """What an agent eval asks and checks: the task, its signatures, the gold call, the step limit, and
+    a digest of the system prompt the teacher was given (its tools as the model saw them), so an eval
+    whose tools would show the student something else is refused."""
     gold = record["gold"]
+    system = record["messages"][0] if record["messages"] and record["messages"][0]["role"] == "system" else None
     return {"id": record["request_id"], "task": record["task"], "functions": record["tools"],
             "gold": {"name": gold["name"], "arguments": gold["arguments"]}, "possible_answer": gold.get("possible_answer"),
-            "max_steps": record["max_steps"]}
+            "max_steps": record["max_steps"], "system_prompt_sha256": prompt_digest(system["content"]) if system else None}
 
 
 def build(accepted: Path, out_dir: Path, *, val: int = DEFAULT_VAL, test: int = DEFAULT_TEST, seed: int = 0) -> dict[str, Any]:

@@ -206,6 +206,16 @@ def build_agent(model: Any, tools: list[Tool], max_steps: int) -> CodeActAgent:
     )
 
 
+def system_prompt(functions: list[dict[str, Any]], tools_factory: Callable = simulated_tools,
+                  tools_spec: str = DEFAULT_TOOLS) -> str:
+    """The system prompt the agent gets for a task with these signatures: the tools as the model sees them."""
+    return build_agent(None, make_tools(tools_factory, tools_spec, functions, []), 1).system_prompt
+
+
+def prompt_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class AgentRun:
     """What one agent run did, in plain data."""
