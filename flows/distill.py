@@ -68,7 +68,7 @@ def slm_swap_distill(config: DistillConfig = DistillConfig()) -> dict[str, Any]:
         report = TrackReport("agent", hosted.metrics, slm.metrics, decision, True, manifest, tuned.metrics, final)
     else:
         logger.info("agent: no fine-tune (FINE_TUNE=%d, finetune=%s)", decision.fine_tune, config.finetune)
-    data = {"capture": captured, "filter": filtered, "build": {k: built[k] for k in ("sizes", "source", "filter")}}
+    data = {"capture": captured, "filter": filtered, "build": {k: built[k] for k in ("sizes", "source", "filter", "langfuse_trace_id")}}
     return build_report(pipeline, [report], flow_run_id=run_id, preface=data_preface(captured, filtered, built),
                         extra={"data": data})
 
