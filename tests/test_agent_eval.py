@@ -193,3 +193,27 @@ def test_the_distill_flow_end_to_end(prefect_api, bfcl_rows, tiny_model_dir, tmp
     assert None not in ids and ids == receiver.command_trace_ids()
     assert {f"langfuse:{i}" for i in ids} <= set(graph["run"].tags)
     assert f"langfuse:{manifest['langfuse_trace_id']}" in child.tags
+
+
+def test_the_students_steps_never_decode_past_its_context(tiny_model_dir):
+    """A step gets `max_tokens`, or what the conversation leaves of the model's context; a
+    conversation that fills it fails the run instead of decoding past the model's positions."""
+    from slm_swap.clients.local import load_local_model
+    from slm_swap.trajectories.agent_models import local_agent_model
+
+    local = load_local_model(tiny_model_dir, None, 2, None)
+    agent = local_agent_model(local, batch_size=2)
+    try:
+        model = agent.make_model()
+        limit = local.context_length
+        def conversation(words: int) -> list[dict]:
+            return [{"role": "user", "content": "word " * words}]
+        def used(words: int) -> int:
+            return len(local.tokenizer(local.render(conversation(words)), add_special_tokens=False)["input_ids"])
+        assert model.token_budget(conversation(10)) == model.max_tokens == 512
+        near = limit - 100 - (used(limit - 100) - (limit - 100))  # leaves about 100 tokens
+        assert model.token_budget(conversation(near)) == limit - used(near) < 512
+        with pytest.raises(ValueError, match=f"fills {tiny_model_dir.name}'s context of {limit} tokens"):
+            model.token_budget(conversation(limit))
+    finally:
+        agent.close()

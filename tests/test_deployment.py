@@ -5,7 +5,9 @@ checkout (the pull step must move flow runs into it), then:
 
 1. `prefect deployment run 'slm-swap-finetune/gpu' --param ... --watch` trains an adapter;
 2. `prefect deployment run 'slm-swap-pipeline/nightly' --params ... --watch` runs the parent on the
-   `default` pool, which starts the fine-tune as the `gpu` deployment (a subflow under the parent).
+   `default` pool, which starts the fine-tune as the `gpu` deployment (a subflow under the parent);
+3. `prefect deployment run 'slm-swap-distill/weekly' --params ... --watch`: Phase II on the `default`
+   pool against the scripted teacher, its fine-tune (`track=agent`) on the `gpu` deployment.
 
 Tiny model, xLAM fixture data, an OpenAI-compatible stub as the hosted side; seconds of training.
 Server and workers are always stopped at the end.
@@ -29,6 +31,8 @@ import httpx
 import pytest
 
 from openai_stub import OpenAIStub
+from slm_swap.data.bfcl import load_bfcl
+from slm_swap.trajectories.teacher import ScriptedTeacher
 from slm_swap.training.launch import CPU_CONFIG
 from slm_swap.training.run import MANIFEST
 
@@ -185,3 +189,31 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     assert (eval_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
     # The subflow reused the adapter trained a minute ago (same data, base model and step cap).
     assert json.loads((ft_dir / "adapter_toolcall" / MANIFEST).read_text()) == manifest
+
+    # 3. The distill deployment (its weekly schedule off) on the default pool, the scripted teacher as
+    #    the hosted model; its agent fine-tune goes to the gpu deployment too.
+    weekly = json.loads(prefect(env, "deployment", "inspect", "slm-swap-distill/weekly", "--output", "json").stdout)
+    (schedule,) = weekly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 * * 0" and not schedule["active"] and weekly["work_pool_name"] == "default"
+    distill = tmp_path / "distill"
+    config = {"limit": 12, "max_steps": 2, "val": 2, "test": 2, "finetune": "always", "max_train_steps": 2,
+              "accelerate_config": str(CPU_CONFIG), "trajectories_dir": str(distill / "03"), "data_dir": str(distill / "02"),
+              "eval_dir": str(distill / "05"), "ft_dir": str(distill / "04")}
+    with ScriptedTeacher(load_bfcl(("simple_python",))[0][:12]) as teacher:
+        worker_env = {**env, "HOSTED_BASE_URL": teacher.url, "HOSTED_MODEL": "scripted"}
+        with started([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"], worker_env, workers,
+                     tmp_path / "worker-gpu-2.log"), \
+             started([PREFECT, "worker", "start", "--pool", "default", "--type", "process"], worker_env, workers,
+                     tmp_path / "worker-default-2.log"):
+            run = prefect(env, "deployment", "run", "slm-swap-distill/weekly", "--params", json.dumps({"config": config}),
+                          "--watch", "--watch-timeout", "300", timeout=400)
+            logs = (tmp_path / "worker-default-2.log").read_text()
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-6000:]
+            parent_id = flow_run_id_from(run.stdout)
+    parent = api(env, "GET", f"/flow_runs/{parent_id}")
+    assert parent["state"]["type"] == "COMPLETED" and parent["deployment_id"] == weekly["id"]
+    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [str(parent_id)]}}})
+    assert child["deployment_id"] == gpu["id"] and child["name"] == "finetune-agent" and child["state"]["type"] == "COMPLETED"
+    assert json.loads((distill / "04" / "adapter_agent" / MANIFEST).read_text())["track"] == "agent"
+    assert json.loads((distill / "05" / "agent_slm_ft_test.json").read_text())["n"] == 2
+    assert "12 of 12 accepted" in (distill / "05" / "report.md").read_text()

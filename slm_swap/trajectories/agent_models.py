@@ -63,12 +63,26 @@ class LocalAgentModel(Model):
         super().__init__(model_id=model_id, flatten_messages_as_text=True)
         self.worker, self.adapter, self.max_tokens = worker, adapter, max_tokens
 
+    def token_budget(self, messages: list[dict[str, str]]) -> int:
+        """`max_tokens`, or what is left of the model's context after the conversation; a conversation
+        that leaves no room fails the run (recorded as the step's error) rather than decoding past
+        the model's positions."""
+        local = self.worker.model
+        limit = local.context_length
+        if not limit:
+            return self.max_tokens
+        used = len(local.tokenizer(local.render(messages), add_special_tokens=False)["input_ids"])
+        if used >= limit:
+            raise ValueError(f"the conversation ({used} tokens) fills {local.model_path.name}'s context of {limit} tokens")
+        return min(self.max_tokens, limit - used)
+
     def generate(self, messages: list[Any], stop_sequences: list[str] | None = None, response_format: Any = None,
                  tools_to_call_from: Any = None, **kwargs: Any) -> ChatMessage:
         from slm_swap.clients.batching import Job, cut_at_stop
 
         stops = [stop for stop in stop_sequences or [] if stop]
-        result = self.worker.submit(Job(plain_messages(messages), self.adapter, self.max_tokens, stops)).result()
+        plain = plain_messages(messages)
+        result = self.worker.submit(Job(plain, self.adapter, self.token_budget(plain), stops)).result()
         text, _ = cut_at_stop(result.text, stops)
         return ChatMessage(role=MessageRole.ASSISTANT, content=text,
                            token_usage=TokenUsage(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens))

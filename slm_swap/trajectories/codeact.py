@@ -36,6 +36,9 @@ DEFAULT_TOOLS = "slm_swap.trajectories.codeact:simulated_tools"
 # A CodeAct step is a thought and a block of code: longer than a single-call answer.
 AGENT_MAX_NEW_TOKENS = 512
 CODE_OPEN, CODE_CLOSE = "<code>", "</code>"  # smolagents' default code tags
+# What the code prints reaches the model as its next observation: smolagents' default (50,000
+# characters) lets one `print` in a loop fill a small model's context; a tool result needs far less.
+MAX_PRINT_OUTPUTS = 2000
 
 SYSTEM_PROMPT = """\
 You solve the user's task by writing Python code that calls the tools below.
@@ -202,7 +205,7 @@ def build_agent(model: Any, tools: list[Tool], max_steps: int) -> CodeActAgent:
     return CodeActAgent(
         tools=tools, model=model, prompt_templates=PROMPT_TEMPLATES, max_steps=max_steps,
         executor_type="local", additional_authorized_imports=[], verbosity_level=LogLevel.OFF,
-        code_block_tags=(CODE_OPEN, CODE_CLOSE),
+        code_block_tags=(CODE_OPEN, CODE_CLOSE), max_print_outputs_length=MAX_PRINT_OUTPUTS,
     )
 
 
