@@ -123,6 +123,29 @@ def flow_run_id_from(output: str) -> UUID:
     return UUID(re.search(r"UUID: ([0-9a-f-]{36})", output).group(1))
 
 
+@contextmanager
+def workers(env: dict[str, str], cwd: Path, logs: Path, name: str):
+    """A `gpu` worker (one run at a time) and a `default` worker; logs worker-<pool>-<name>.log."""
+    with started([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"], env, cwd,
+                 logs / f"worker-gpu-{name}.log"), \
+         started([PREFECT, "worker", "start", "--pool", "default", "--type", "process"], env, cwd,
+                 logs / f"worker-default-{name}.log"):
+        yield
+
+
+def run_parent(env: dict[str, str], deployment: str, config: dict, log: Path) -> UUID:
+    """`prefect deployment run DEPLOYMENT --params {"config": ...} --watch`; the flow-run id."""
+    run = prefect(env, "deployment", "run", deployment, "--params", json.dumps({"config": config}),
+                  "--watch", "--watch-timeout", "300", timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log.read_text()[-6000:]
+    return flow_run_id_from(run.stdout)
+
+
+def only_child(env: dict[str, str], parent_id: UUID) -> dict:
+    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [str(parent_id)]}}})
+    return child
+
+
 def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_path):
     env = prefect_env
     setup = subprocess.run(["bash", "deployments/setup_work_pools.sh"], env=env, cwd=REPO, capture_output=True, text=True,
@@ -142,24 +165,21 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     assert gpu["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
 
     ft_dir, eval_dir = tmp_path / "04_ft", tmp_path / "05_eval"
-    workers = tmp_path / "workers"  # outside the checkout: the pull step must move flow runs into it
-    workers.mkdir()
+    cwd = tmp_path / "workers"  # the workers' folder, outside the checkout: the pull step must move flow runs into it
+    cwd.mkdir()
     responses = {}
     for line in (xlam_data_dir / "toolcall" / "test.jsonl").read_text().splitlines():
         row = json.loads(line)
         responses[row["prompt"]] = row["completion"]
     with OpenAIStub(lambda messages: responses.get(messages[-1]["content"], "no idea")) as stub:
         worker_env = {**env, "HOSTED_BASE_URL": f"{stub.url}/v1", "HOSTED_MODEL": "hosted-stub"}
-        with started([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"], worker_env, workers,
-                     tmp_path / "worker-gpu.log"), \
-             started([PREFECT, "worker", "start", "--pool", "default", "--type", "process"], worker_env, workers,
-                     tmp_path / "worker-default.log"):
+        with workers(worker_env, cwd, tmp_path, "pipeline"):
             # 1. The fine-tune deployment on the gpu pool, as CI or a person would start it.
             run = prefect(env, "deployment", "run", "slm-swap-finetune/gpu", "--param", "track=toolcall",
                           "--param", f"data_dir={xlam_data_dir}", "--param", f"ft_dir={ft_dir}",
                           "--param", f"accelerate_config={CPU_CONFIG}", "--param", "max_steps=2",
                           "--watch", "--watch-timeout", "300", timeout=400)
-            logs = (tmp_path / "worker-gpu.log").read_text()
+            logs = (tmp_path / "worker-gpu-pipeline.log").read_text()
             assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-4000:]
             assert "Flow run finished successfully in 'Completed'" in run.stdout
             finetune_run = api(env, "GET", f"/flow_runs/{flow_run_id_from(run.stdout)}")
@@ -172,16 +192,11 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
             config = {"tracks": ["toolcall"], "finetune": "always", "limit": 3, "max_steps": 2,
                       "accelerate_config": str(CPU_CONFIG), "data_dir": str(xlam_data_dir),
                       "eval_dir": str(eval_dir), "ft_dir": str(ft_dir)}
-            run = prefect(env, "deployment", "run", "slm-swap-pipeline/nightly", "--params", json.dumps({"config": config}),
-                          "--watch", "--watch-timeout", "300", timeout=400)
-            logs = (tmp_path / "worker-default.log").read_text()
-            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-6000:]
-            parent_id = flow_run_id_from(run.stdout)
+            parent_id = run_parent(env, "slm-swap-pipeline/nightly", config, tmp_path / "worker-default-pipeline.log")
 
     parent = api(env, "GET", f"/flow_runs/{parent_id}")
     assert parent["state"]["type"] == "COMPLETED" and parent["deployment_id"] == nightly["id"]
-    (child,) = api(env, "POST", "/flow_runs/filter",
-                   {"flow_runs": {"parent_flow_run_id": {"any_": [str(parent_id)]}}})
+    child = only_child(env, parent_id)
     assert child["deployment_id"] == gpu["id"] and child["state"]["type"] == "COMPLETED" and "gpu" in child["tags"]
     tracker = api(env, "GET", f"/task_runs/{child['parent_task_run_id']}")
     assert tracker["flow_run_id"] == str(parent_id)  # the subflow sits under the parent
@@ -201,18 +216,11 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
               "eval_dir": str(distill / "05"), "ft_dir": str(distill / "04")}
     with ScriptedTeacher(load_bfcl(("simple_python",))[0][:12]) as teacher:
         worker_env = {**env, "HOSTED_BASE_URL": teacher.url, "HOSTED_MODEL": "scripted"}
-        with started([PREFECT, "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"], worker_env, workers,
-                     tmp_path / "worker-gpu-2.log"), \
-             started([PREFECT, "worker", "start", "--pool", "default", "--type", "process"], worker_env, workers,
-                     tmp_path / "worker-default-2.log"):
-            run = prefect(env, "deployment", "run", "slm-swap-distill/weekly", "--params", json.dumps({"config": config}),
-                          "--watch", "--watch-timeout", "300", timeout=400)
-            logs = (tmp_path / "worker-default-2.log").read_text()
-            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs[-6000:]
-            parent_id = flow_run_id_from(run.stdout)
+        with workers(worker_env, cwd, tmp_path, "distill"):
+            parent_id = run_parent(env, "slm-swap-distill/weekly", config, tmp_path / "worker-default-distill.log")
     parent = api(env, "GET", f"/flow_runs/{parent_id}")
     assert parent["state"]["type"] == "COMPLETED" and parent["deployment_id"] == weekly["id"]
-    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [str(parent_id)]}}})
+    child = only_child(env, parent_id)
     assert child["deployment_id"] == gpu["id"] and child["name"] == "finetune-agent" and child["state"]["type"] == "COMPLETED"
     assert json.loads((distill / "04" / "adapter_agent" / MANIFEST).read_text())["track"] == "agent"
     assert json.loads((distill / "05" / "agent_slm_ft_test.json").read_text())["n"] == 2
