@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The Phase II demo on the embedded model, from nothing (set-up included):
 #   bash scripts/distill.sh
-# The Prefect flow `slm-swap-distill` (`slm-swap distill`): the teacher as a CodeAct agent over 96 BFCL
+# The Prefect flow `slm-swap-distill` (`slm-swap distill`): the teacher as a CodeAct agent over 160 BFCL
 # tasks (simulated tools) -> automatic filter -> build (train/val/test; agent rows with loss on the
-# teacher's turns only) -> the teacher and the embedded SmolLM2 evaluated as agents on the 8 test tasks
+# teacher's turns only) -> the teacher and the embedded SmolLM2 evaluated as agents on the 16 test tasks
 # -> compare -> fine-tune where the student trails -> agent re-eval -> compare -> report
 # (slm_swap/05_eval/distill/report.md, .png).
 #
@@ -36,9 +36,13 @@ if [ -z "${AZURE_ENDPOINT:-}" ] && [ -z "${HOSTED_BASE_URL:-}" ]; then
        "task, broken code every 11th). Its own scores mean nothing; the student's before/after do."
 fi
 
-# Two turns per task (the call, then final_answer): the teacher's answers need no more, and the
-# untrained student, which rarely stops by itself, costs the least CPU time.
-slm-swap distill --source bfcl --limit 96 --max-steps 2 --val 8 --test 8 --finetune auto
+# Two turns per task (the call, then final_answer) of at most 128 new tokens each: the teacher's
+# turns need no more (its longest is about 110 SmolLM2 tokens), and the untrained student, which
+# rarely stops by itself, costs the least CPU time. 160 tasks leave about 100 accepted ones to train
+# on (one conversation per optimizer step: about 7 minutes on a 2-core CPU) after the 16 test tasks
+# that teacher and student are evaluated on, all 16 agents decoded as one batch.
+slm-swap distill --source bfcl --limit 160 --max-steps 2 --max-turn-tokens 128 --val 8 --test 16 \
+  --concurrency 16 --finetune auto
 
 echo
 echo "report: slm_swap/05_eval/distill/report.md (markdown) and report.png (chart); trajectories in" \

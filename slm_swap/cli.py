@@ -126,16 +126,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from slm_swap.training.backends import choose_backend
     from slm_swap.training.data import load_training_rows
+    from slm_swap.training.hyperparams import hyperparams_for
 
     check_tracing_settings(load_settings())  # fail here, not after accelerate has started
     choose_backend(args.backend)  # likewise: a backend this machine cannot run is one line, now
+    hyperparams_for(args.track, args.batch_size)  # and a batch size below 1
     data_dir, out = data_dir_for(args), Path(args.out or Path(args.ft_dir) / f"adapter_{args.track}")
     train = Path(args.train or data_dir / args.track / "train.jsonl")
     val = Path(args.val or data_dir / args.track / "val.jsonl")
     for rows in (train, val):  # and bad rows: one line naming the row, before any process starts
         load_training_rows(rows, args.track)
     extra = [*(["--overwrite"] if args.overwrite else []), *(["--resume"] if args.resume else []),
-             "--backend", args.backend, "--max-steps", str(args.max_steps)]
+             "--backend", args.backend, "--max-steps", str(args.max_steps),
+             *(["--batch-size", str(args.batch_size)] if args.batch_size is not None else [])]
     command = launch_command(track=args.track, train=train, val=val, out=out,
                              accelerate_config=args.accelerate_config, extra=extra)
     print("$ " + " ".join(command), flush=True)
@@ -163,7 +166,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     settings = load_settings()
     teacher = hosted_agent_model(settings, timeout_s=args.timeout, max_retries=args.max_retries)
     summary = traced_capture(settings, examples, source, out=Path(args.out), teacher=teacher, max_steps=args.max_steps,
-                             tools_spec=args.tools, concurrency=args.concurrency, resume=args.resume,
+                             max_turn_tokens=args.max_turn_tokens, tools_spec=args.tools, concurrency=args.concurrency, resume=args.resume,
                              max_errors=args.max_errors)
     print(f"{summary['out']}: {summary['n']} trajectories ({summary['captured_this_run']} this run), "
           f"{summary['finished']} finished, {summary['errors']} failed requests, {summary['wall_s']:.1f} s")
@@ -245,7 +248,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     fields = {
         "source": args.source, "dataset_path": args.dataset_path, "categories": args.category or [], "limit": args.limit,
-        "max_steps": args.max_steps, "tools": args.tools, "val": args.val, "test": args.test, "seed": args.seed,
+        "max_steps": args.max_steps, "max_turn_tokens": args.max_turn_tokens, "tools": args.tools, "val": args.val, "test": args.test, "seed": args.seed,
         "trajectories_dir": args.trajectories_dir, "data_dir": args.data_dir, "eval_dir": args.out_dir,
         "ft_dir": args.ft_dir, "delta": args.delta, "finetune": args.finetune, "accelerate_config": args.accelerate_config,
         "max_train_steps": args.max_train_steps, "concurrency": args.concurrency, "timeout_s": args.timeout,
@@ -324,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="LoRA adapter folder (PEFT format) for the SLM")
     ev.add_argument("--limit", type=int, help="first N examples only")
     ev.add_argument("--resume", action="store_true", help="finish an interrupted run, keeping finished examples")
-    ev.add_argument("--concurrency", type=int, default=8, help="hosted: parallel requests (default: %(default)s)")
+    ev.add_argument("--concurrency", type=int, default=8,
+                    help="hosted: parallel requests; agent: agents in flight, the SLM's decoded together (default: %(default)s)")
     ev.add_argument("--timeout", type=float, default=60.0, help="hosted: seconds per request (default: %(default)s)")
     ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
     ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
@@ -371,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing adapter")
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     tr.add_argument("--max-steps", type=int, default=-1, help="cap optimizer steps (default: one epoch)")
+    tr.add_argument("--batch-size", type=int, help="rows per device per optimizer step (default: the track's: "
+                    + ", ".join(f"{name} {track.train_batch_size}" for name, track in ALL_TRACKS.items()) + ")")
     tr.set_defaults(func=cmd_train)
 
     comp = commands.add_parser("compare", help="decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10")
@@ -395,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--limit", type=int, help="first N rows only")
     cap.add_argument("--out", default=str(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl"), help="(default: %(default)s)")
     cap.add_argument("--max-steps", type=int, default=4, help="model turns per task (default: %(default)s)")
+    cap.add_argument("--max-turn-tokens", type=int, default=512,
+                     help="new tokens per model turn; the agent eval of these tasks uses the same (default: %(default)s)")
     cap.add_argument("--tools", default="slm_swap.trajectories.codeact:simulated_tools", metavar="MODULE:FACTORY",
                      help="callable(signatures) -> list of smolagents Tools (default: simulated tools)")
     cap.add_argument("--resume", action="store_true", help="finish an interrupted capture; finished requests are not asked again")
@@ -463,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
     dis.add_argument("--limit", type=int, default=64, help="tasks the teacher works on (default: %(default)s)")
     dis.add_argument("--max-steps", type=int, default=4, help="model turns per task, teacher and student (default: %(default)s)")
+    dis.add_argument("--max-turn-tokens", type=int, default=512,
+                     help="new tokens per model turn, teacher and student (default: %(default)s)")
     dis.add_argument("--tools", default="slm_swap.trajectories.codeact:simulated_tools", metavar="MODULE:FACTORY",
                      help="callable(signatures) -> smolagents Tools (default: simulated tools)")
     dis.add_argument("--val", type=int, default=8, help="validation tasks (default: %(default)s)")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from slm_swap.clients import EVAL_BATCH_SIZE
 from slm_swap.config import DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR, DEFAULT_TRAJECTORIES_DIR, Settings
 from slm_swap.pipeline import DEFAULT_FINETUNE_DEPLOYMENT, FinetuneMode, PipelineConfig
-from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
+from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
 DEFAULT_DISTILL_EVAL_DIR = DEFAULT_EVAL_DIR / "distill"
 
@@ -38,6 +38,7 @@ class DistillConfig(BaseModel):
     categories: list[str] = Field(default_factory=list, description="bfcl only: BFCL categories (default: simple_python)")
     limit: int | None = Field(64, ge=1, description="capture the first N distinct tasks (None: all)")
     max_steps: int = Field(DEFAULT_MAX_STEPS, ge=1, description="model turns per task, for the teacher and the student alike")
+    max_turn_tokens: int = Field(AGENT_MAX_NEW_TOKENS, ge=1, description="new tokens per model turn, teacher and student alike")
     tools: str = Field(DEFAULT_TOOLS, description="tools factory MODULE:FACTORY (default: simulated tools that call no API)")
     val: int = Field(8, ge=1, description="validation tasks")
     test: int = Field(8, ge=1, description="test tasks (drawn first): what teacher and student are evaluated on")
@@ -96,9 +97,10 @@ def capture_step(settings: Settings, config: DistillConfig, *, flow_run_id: str 
 
     examples, source = source_examples(config.source, config.dataset_path, tuple(config.categories), config.limit)
     teacher = hosted_agent_model(settings, timeout_s=config.timeout_s, max_retries=config.max_retries)
-    resume = can_resume(config.trajectories, capture_pin(examples, source, teacher.identity, config.max_steps, config.tools))
+    resume = can_resume(config.trajectories, capture_pin(examples, source, teacher.identity, config.max_steps, config.tools,
+                                                        config.max_turn_tokens))
     return traced_capture(settings, examples, source, out=config.trajectories, teacher=teacher,
-                          max_steps=config.max_steps, tools_spec=config.tools, concurrency=config.concurrency,
+                          max_steps=config.max_steps, max_turn_tokens=config.max_turn_tokens, tools_spec=config.tools, concurrency=config.concurrency,
                           resume=resume, max_errors=config.max_errors, progress=progress, flow_run_id=flow_run_id)
 
 

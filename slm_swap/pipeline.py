@@ -384,8 +384,10 @@ def read_adapter_manifest(out: Path) -> dict[str, Any]:
 
 
 def reusable_adapter(settings: Settings, plan: TrainingPlan, now: datetime | None = None) -> dict[str, Any] | None:
-    """The manifest of an adapter already trained from the same base model, data and step cap within
-    `reuse_max_age_hours`, else None (then training runs)."""
+    """The manifest of an adapter already trained from the same base model, data, settings and step cap
+    within `reuse_max_age_hours`, else None (then training runs)."""
+    from slm_swap.training.hyperparams import hyperparams_for
+
     try:
         manifest = read_adapter_manifest(plan.out)
     except SlmSwapError:
@@ -403,6 +405,7 @@ def reusable_adapter(settings: Settings, plan: TrainingPlan, now: datetime | Non
         and manifest.get("track") == plan.track
         and manifest.get("base_model") == str(settings.slm_model_path)
         and manifest.get("max_steps") == plan.max_steps
+        and manifest.get("hyperparameters") == hyperparams_for(plan.track).as_dict()
         and (Path(plan.out) / "adapter_config.json").is_file()
     )
     return manifest if same and _young(manifest.get("finished_at"), plan.reuse_max_age_hours, now or _now()) else None

@@ -166,13 +166,13 @@ def traced_agent_eval(
 
     check_model_kind(model_kind, adapter=adapter, load_in_4bit=load_in_4bit)
     tasks = tasks_path(data_dir, split)
-    examples, task_steps, digests = load_tasks(tasks, limit)
+    loaded = load_tasks(tasks, limit)
     if max_errors is not None and max_errors < 0:
         raise SlmSwapError(f"--max-errors must be >= 0, got {max_errors}")
     if max_steps is not None and max_steps < 1:
         raise SlmSwapError(f"--max-steps must be >= 1, got {max_steps}")
     tools_spec = tools_spec or DEFAULT_TOOLS
-    check_tools_match(tasks, examples, digests, tools_spec)
+    check_tools_match(tasks, loaded, tools_spec)
     check_writable_file(Path(out), "--out")
     check_adapter_track(adapter, "agent")
     with open_tracer(settings) as tracer:
@@ -183,10 +183,11 @@ def traced_agent_eval(
         trace_input = {"track": "agent", "split": split, "dataset_path": str(tasks), "dataset_sha256": sha256,
                        "model_kind": model_kind, "model_identity": model_record["identity"],
                        "adapter": model_record["adapter"], "metrics_path": str(out), "limit": limit,
-                       "max_steps": max_steps or task_steps, "tools": tools_spec}
+                       "max_steps": max_steps or loaded.max_steps, "max_turn_tokens": loaded.max_turn_tokens,
+                       "tools": tools_spec}
         metadata = {"command": "eval", "resume": resume, "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
         items = [{"input": {"task": e.request, "functions": e.functions},
-                  "expected_output": {"name": e.name, "arguments": e.arguments}} for e in examples]
+                  "expected_output": {"name": e.name, "arguments": e.arguments}} for e in loaded.examples]
         try:
             with tracer.run(f"eval agent {model_kind}{' ft' if adapter else ''}", input=trace_input, metadata=metadata) as run:
                 name, items, dataset_metadata = eval_dataset(data_dir, "agent", split, tasks, sha256, items)

@@ -76,6 +76,10 @@ class Track:
     info_metrics: tuple[str, ...] = (AST_METRIC,)
     # What its dataset rows hold: `prompt` ({"prompt", "completion"}) or `messages` (agent conversations).
     rows = "prompt"
+    # Rows per device per optimizer step when training on this track (not one of the seed's fixed
+    # settings). With the seed's learning rate and one epoch, the number of steps is what moves the
+    # adapter: short v0 rows are batched 4 at a time.
+    train_batch_size = 4
 
     def split_file(self, data_dir: Path, split: str) -> Path:
         """The file an eval of this track reads for `split`: `<data_dir>/<track>/<split>.jsonl`."""
@@ -216,6 +220,11 @@ class AgentTrack(Track):
     core_metrics = ("task_success_rate", "valid_code_rate")
     info_metrics = ("valid_call_rate", "name_match_rate", "args_exact_rate", AST_METRIC)
     rows = "messages"
+    # An agent conversation is a few hundred tokens of its own, and a capture yields tens to hundreds
+    # of them: one per step gives the adapter 4x the updates of batches of 4 for the same compute
+    # (bench/distill_gain.py: on the demo's data the student's task success went 0 -> 0.625 with 1,
+    # and stayed 0 with 4).
+    train_batch_size = 1
 
     def split_file(self, data_dir: Path, split: str) -> Path:
         """The tasks an agent eval asks (`slm-swap build` writes them beside the conversation rows)."""

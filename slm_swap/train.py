@@ -5,7 +5,8 @@
         --val slm_swap/02_dataset/structured/val.jsonl --out slm_swap/04_ft/adapter_structured
 
 The base model is SLM_MODEL_PATH (the embedded model by default). Settings are the seed's fixed
-QLoRA settings (`slm_swap.training.hyperparams`). `slm-swap train` runs this for you.
+QLoRA settings (`slm_swap.training.hyperparams`), with the track's batch size unless `--batch-size`
+says otherwise. `slm-swap train` runs this for you.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32 for the "
                              "same numbers on every CPU (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
+    parser.add_argument("--batch-size", type=int, help="rows per device per optimizer step (default: the track's: "
+                        + ", ".join(f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default: %(default)s)")
     return parser
 
@@ -62,6 +65,7 @@ def _train(args: argparse.Namespace) -> dict | None:
 
     from slm_swap.config import load_settings
     from slm_swap.tracing import NullTracer, check_tracing_settings, open_tracer, trace_url
+    from slm_swap.training.hyperparams import hyperparams_for
     from slm_swap.training.run import TrainRequest, trace_input, train
 
     settings = load_settings()
@@ -79,6 +83,7 @@ def _train(args: argparse.Namespace) -> dict | None:
         sampling=args.sampling, precision=args.precision,
         max_steps=args.max_steps,
         save_steps=args.save_steps,
+        hp=hyperparams_for(args.track, args.batch_size),
     )
     metadata = {"command": "train", "prefect_flow_run_id": settings.prefect_flow_run_id}
     with (open_tracer(settings) if main_process else NullTracer()) as tracer:

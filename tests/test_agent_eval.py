@@ -107,6 +107,29 @@ def test_teacher_and_student_as_agents_then_compare(built, bfcl_rows, tiny_model
     assert main(["compare", "--track", "agent", "--azure", str(two), "--slm", str(two)]) == 0
 
 
+def test_the_captures_turn_budget_is_the_students(bfcl_rows, tiny_model_dir, tmp_path, monkeypatch):
+    """`capture --max-turn-tokens N` asks the teacher for at most N tokens a turn, the tasks built
+    from it carry N, and the student evaluated on them is held to the same N."""
+    rows = bfcl_rows[:6]
+    with ScriptedTeacher(rows) as teacher:
+        point_at(monkeypatch, teacher)
+        assert main(["capture", "--limit", "6", "--max-steps", "2", "--max-turn-tokens", "9",
+                     "--out", str(tmp_path / "t" / "trajectories.jsonl")]) == 0
+        assert teacher.max_tokens_asked == {9}
+    assert main(["filter", "--trajectories", str(tmp_path / "t" / "trajectories.jsonl")]) == 0
+    assert main(["build", "--accepted", str(tmp_path / "t" / "accepted.jsonl"), "--out-dir", str(tmp_path / "data"),
+                 "--val", "1", "--test", "2"]) == 0
+    tasks = [json.loads(line) for line in (tmp_path / "data" / "agent" / "test.tasks.jsonl").read_text().splitlines()]
+    assert {task["max_turn_tokens"] for task in tasks} == {9}
+
+    monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
+    assert agent_eval(tmp_path / "data", tmp_path / "slm.json", "slm") == 0
+    assert read(tmp_path / "slm.json")["max_turn_tokens"] == 9
+    turns = [step["usage"]["output_tokens"] for record in records(tmp_path / "slm.json") for step in record["steps"]]
+    # The random model never stops by itself: every turn it took ran to the budget, and none past it.
+    assert turns and max(turns) == 9
+
+
 def test_an_adapter_trained_for_another_track_is_refused(built, tiny_model_dir, tiny_adapter_dir, tmp_path, monkeypatch, capsys):
     from slm_swap.training.run import MANIFEST
 
@@ -204,7 +227,7 @@ def test_the_students_steps_never_decode_past_its_context(tiny_model_dir):
     local = load_local_model(tiny_model_dir, None, 2, None)
     agent = local_agent_model(local, batch_size=2)
     try:
-        model = agent.make_model()
+        model = agent.make_model(512)
         limit = local.context_length
         def conversation(words: int) -> list[dict]:
             return [{"role": "user", "content": "word " * words}]

@@ -180,5 +180,7 @@ def test_a_tiny_model_overfits_a_few_trajectories(tiny_model_dir, tmp_path, monk
                  "--max-steps", "8"]) == 0
     manifest = json.loads((tmp_path / "ft" / "adapter_agent" / MANIFEST).read_text())
     assert manifest["track"] == "agent" and manifest["steps"] == 8
+    # The agent track's own batch size: one conversation per step.
+    assert manifest["hyperparameters"]["per_device_batch_size"] == 1 and manifest["global_batch_size"] == 1
     assert manifest["val_loss"] < manifest["val_loss_before"]
     assert manifest["datasets"]["train"]["rows"] == 4

@@ -197,6 +197,13 @@ def test_batch_size_must_be_positive(data_dir, tmp_path, capsys, monkeypatch, si
             f"--batch-size must be >= 1, got {size}")
 
 
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_train_batch_size_must_be_positive(data_dir, tmp_path, capsys, size):
+    refused(capsys, ["train", "--track", "toolcall", "--data-dir", str(data_dir), "--batch-size", size,
+                     "--out", str(tmp_path / "a")], f"--batch-size must be >= 1, got {size}")
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("endpoint", ["not a url", "ftp://host/x", "https://"])
 def test_azure_endpoint_that_is_not_a_url(data_dir, tmp_path, capsys, monkeypatch, endpoint):
     monkeypatch.delenv("HOSTED_BASE_URL", raising=False)

@@ -108,6 +108,7 @@ def test_training_command_and_env():
 
 def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_path, monkeypatch):
     from slm_swap.config import Settings
+    from slm_swap.training.hyperparams import hyperparams_for
     from slm_swap.training.run import MANIFEST
 
     data = tmp_path / "toolcall"
@@ -121,7 +122,7 @@ def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_p
     settings = Settings()
     plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out, max_steps=2)
     manifest = {"track": "toolcall", "base_model": str(tmp_path / "model"), "max_steps": 2,
-                "finished_at": "2026-01-01T10:00:00+00:00",
+                "hyperparameters": hyperparams_for("toolcall").as_dict(), "finished_at": "2026-01-01T10:00:00+00:00",
                 "datasets": {name: {"sha256": sha256_file(data / f"{name}.jsonl")} for name in ("train", "val")}}
     write_json(out / MANIFEST, manifest)
     from datetime import datetime, timezone
@@ -131,11 +132,16 @@ def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_p
     assert reusable_adapter(settings, plan, now=datetime(2026, 1, 2, 12, tzinfo=timezone.utc)) is None  # too old
     assert reusable_adapter(settings, TrainingPlan(**{**plan.__dict__, "max_steps": 5}), now=soon) is None
     assert reusable_adapter(settings, TrainingPlan(**{**plan.__dict__, "reuse_max_age_hours": 0}), now=soon) is None
+    # Trained with other settings (a batch size other than the track's): not what training would make now.
+    write_json(out / MANIFEST, {**manifest, "hyperparameters": hyperparams_for("toolcall", 1).as_dict()})
+    assert reusable_adapter(settings, plan, now=soon) is None
+    write_json(out / MANIFEST, manifest)
     (data / "train.jsonl").write_text('{"prompt": "a", "completion": "changed"}\n')
     assert reusable_adapter(settings, plan, now=soon) is None
 
 
 def test_train_task_reuses_a_fresh_identical_adapter_without_launching(tmp_path, monkeypatch):
+    from slm_swap.training.hyperparams import hyperparams_for
     from slm_swap.training.run import MANIFEST
     from tasks.train import train_adapter
 
@@ -150,6 +156,7 @@ def test_train_task_reuses_a_fresh_identical_adapter_without_launching(tmp_path,
     from datetime import datetime, timezone
 
     manifest = {"track": "toolcall", "base_model": str(tmp_path / "model"), "max_steps": 2, "langfuse_trace_id": None,
+                "hyperparameters": hyperparams_for("toolcall").as_dict(),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "datasets": {name: {"sha256": sha256_file(data / f"{name}.jsonl")} for name in ("train", "val")}}
     write_json(out / MANIFEST, manifest)

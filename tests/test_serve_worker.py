@@ -106,3 +106,23 @@ def test_stop_serves_what_was_queued_before_it():
     assert not worker.thread.is_alive()
     assert first.result(0) == "echo first" and [f.result(0) for f in queued] == ["echo q0", "echo q1", "echo q2", "echo q3"]
     assert model.calls == [["first"], ["q0", "q2"], ["q1", "q3"]]
+
+
+def test_a_short_batch_waits_its_gather_window_and_a_full_one_does_not():
+    """Agents' next steps arrive moments apart: with a gather window a batch short of full waits for
+    them (one batch, not two); a full batch goes at once."""
+    model = FakeModel()
+    model.release.set()  # nothing blocks
+    worker = ModelWorker(model, batch_size=3, gather_s=1.0)
+    try:
+        early = worker.submit(job("a0"))
+        time.sleep(0.2)  # the worker has taken a0 and is waiting for more
+        late = worker.submit(job("a1"))
+        assert early.result(10) == "echo a0" and late.result(10) == "echo a1"
+        started = time.monotonic()
+        full = [worker.submit(job(f"b{i}")) for i in range(3)]
+        assert [f.result(10) for f in full] == ["echo b0", "echo b1", "echo b2"]
+        assert time.monotonic() - started < 0.9  # full: it did not wait out the window
+    finally:
+        worker.stop()
+    assert model.calls == [["a0", "a1"], ["b0", "b1", "b2"]]

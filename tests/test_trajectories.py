@@ -140,15 +140,16 @@ def test_capture_resumed_after_a_kill_asks_no_finished_request_again(bfcl_rows, 
     assert [r["index"] for r in records] == list(range(16)) and all(r["finished"] for r in records)
 
 
-def test_resume_with_other_settings_is_refused(bfcl_rows, tmp_path, teacher_env, capsys):
+@pytest.mark.parametrize("setting, other", [("max_steps", "--max-steps=2"), ("max_turn_tokens", "--max-turn-tokens=64")])
+def test_resume_with_other_settings_is_refused(setting, other, bfcl_rows, tmp_path, teacher_env, capsys):
     out = tmp_path / "t.jsonl"
     with ScriptedTeacher(bfcl_rows) as teacher:
         teacher_env(teacher)
         assert main(capture_cmd(out, rows=2)) == 0
         before, _ = out.read_bytes(), capsys.readouterr()
-        assert main(capture_cmd(out, "--resume", "--max-steps", "2", rows=2)) == 2
+        assert main(capture_cmd(out, "--resume", other, rows=2)) == 2
     assert error_lines(capsys.readouterr().err) == [
-        f"slm-swap: error: --resume: {out} was captured with a different max_steps; run again without --resume"]
+        f"slm-swap: error: --resume: {out} was captured with a different {setting}; run again without --resume"]
     assert out.read_bytes() == before
 
 
@@ -231,6 +232,19 @@ def test_bad_tools_factory_is_one_line_and_writes_nothing(bfcl_rows, tmp_path, t
     with ScriptedTeacher(bfcl_rows) as teacher:
         teacher_env(teacher)
         assert main(capture_cmd(tmp_path / "t.jsonl", "--tools", tools, rows=2)) == 2
+        assert teacher.requests == 0
+    assert error_lines(capsys.readouterr().err) == [f"slm-swap: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--max-steps=0", "--max-steps must be >= 1, got 0"),
+    ("--max-turn-tokens=0", "--max-turn-tokens must be >= 1, got 0"),
+])
+def test_a_limit_below_one_is_one_line_and_writes_nothing(bfcl_rows, tmp_path, teacher_env, capsys, flag, message):
+    with ScriptedTeacher(bfcl_rows) as teacher:
+        teacher_env(teacher)
+        assert main(capture_cmd(tmp_path / "t.jsonl", flag, rows=2)) == 2
         assert teacher.requests == 0
     assert error_lines(capsys.readouterr().err) == [f"slm-swap: error: {message}"]
     assert list(tmp_path.iterdir()) == []

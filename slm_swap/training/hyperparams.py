@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -14,7 +14,8 @@ class HyperParams:
     learning_rate: float = 2e-4
     epochs: int = 1
     max_seq_length: int = 2048
-    # Not fixed by the seed: chosen so 32 rows make a handful of steps on 1 or 4 devices.
+    # Not fixed by the seed: each track has its own (`tracks.Track.train_batch_size`, see
+    # `hyperparams_for`); 4 makes 32 v0 rows a handful of steps on 1 or 4 devices.
     per_device_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     warmup_steps: float = 0  # a float < 1 is a fraction of the total steps (transformers 5)
@@ -27,3 +28,14 @@ class HyperParams:
         values = asdict(self)
         values["target_modules"] = list(self.target_modules)
         return values
+
+
+def hyperparams_for(track: str, batch_size: int | None = None) -> HyperParams:
+    """The seed's fixed settings with `batch_size` rows per device per step (default: the track's)."""
+    from slm_swap.errors import SlmSwapError
+    from slm_swap.tracks import get_track
+
+    size = get_track(track).train_batch_size if batch_size is None else batch_size
+    if size < 1:
+        raise SlmSwapError(f"--batch-size must be >= 1, got {size}")
+    return replace(HyperParams(), per_device_batch_size=size)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from slm_swap.fileio import sha256_file, write_json
 from slm_swap.tracks import get_track
 from slm_swap.training.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.training.data import load_training_rows, tokenize_rows
-from slm_swap.training.hyperparams import HyperParams
+from slm_swap.training.hyperparams import HyperParams, hyperparams_for
 from slm_swap.tracing import NullRun, Run
 
 MANIFEST = "slm_swap_adapter.json"
@@ -46,7 +46,11 @@ class TrainRequest:
     save_steps: int = 50
     max_steps: int = -1  # -1: the seed's one epoch; tests and benchmarks may cap it
     precision: str = "auto"  # auto: bf16 autocast where the device has it (CUDA, or a CPU with AVX512-BF16/AMX); else fp32
-    hp: HyperParams = field(default_factory=HyperParams)
+    hp: HyperParams | None = None  # None: the seed's settings with the track's batch size (`hyperparams_for`)
+
+    @property
+    def hyperparams(self) -> HyperParams:
+        return self.hp if self.hp is not None else hyperparams_for(self.track)
 
     def checkpoints_dir(self) -> Path:
         return Path(f"{self.out_dir}.checkpoints")
@@ -108,7 +112,7 @@ def trace_input(request: TrainRequest) -> dict[str, Any]:
         "val_path": str(request.val_path),
         "adapter_path": str(request.out_dir),
         "base_model": str(request.model_path),
-        "hyperparameters": request.hp.as_dict(),
+        "hyperparameters": request.hyperparams.as_dict(),
         "sampling": request.sampling,
         "resume": request.resume,
     }
@@ -123,7 +127,7 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    hp = request.hp
+    hp = request.hyperparams
     backend = choose_backend(request.backend)
     model, tokenizer = load_for_training(backend, Path(request.model_path), hp)
     train_rows = load_training_rows(Path(request.train_path), request.track)

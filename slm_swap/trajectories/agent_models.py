@@ -2,8 +2,8 @@
 and the local SLM (under evaluation, with or without an adapter).
 
 An `AgentModel` is what capture and the agent eval need of either: an identity for records, a
-factory for the smolagents model each agent run uses, a scrubber for anything the model sends back,
-and `close`.
+factory for the smolagents model each agent run uses (given the run's new-token limit per turn), a
+scrubber for anything the model sends back, and `close`.
 
 - `hosted_agent_model`: the hosted model reached exactly as `eval` reaches it (`HostedClient`: the
   same settings, `openai` client, timeout, retries), wrapped in smolagents' `OpenAIModel` or
@@ -29,10 +29,11 @@ from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, plain_messages
 @dataclass(frozen=True)
 class AgentModel:
     """The model that plays the agent: its identity, a factory for the smolagents models that call
-    it, the scrubber that removes configured secrets from anything it sends back, and `close`."""
+    it (`make_model(max_tokens)`: at most that many new tokens per turn), the scrubber that removes
+    configured secrets from anything it sends back, and `close`."""
 
     identity: str
-    make_model: Callable[[], Any]
+    make_model: Callable[[int], Any]
     scrub: Callable[[str], str]
     close: Callable[[], None] = field(default=lambda: None)
 
@@ -44,12 +45,12 @@ def hosted_agent_model(settings: Settings, *, timeout_s: float = 60.0, max_retri
 
     from slm_swap.clients.hosted import HostedClient
 
-    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries, max_tokens=AGENT_MAX_NEW_TOKENS)
+    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries)
     model_class = AzureOpenAIModel if isinstance(hosted.client, openai.AzureOpenAI) else OpenAIModel
 
-    def make_model() -> Any:
+    def make_model(max_tokens: int) -> Any:
         return model_class(model_id=hosted.model, client=hosted.client, retry=False,
-                           temperature=0, max_tokens=hosted.max_tokens)
+                           temperature=0, max_tokens=max_tokens)
 
     return AgentModel(hosted.identity, make_model, hosted.scrub, hosted.close)
 
@@ -88,14 +89,21 @@ class LocalAgentModel(Model):
                            token_usage=TokenUsage(input_tokens=result.prompt_tokens, output_tokens=result.completion_tokens))
 
 
+# Agents running side by side send their next steps within milliseconds of each other once a batch
+# returns (their code runs, their prompts are rebuilt): a batch waits this long for them, or they
+# split into lanes that each pay the whole per-step cost of decoding.
+AGENT_GATHER_S = 0.25
+
+
 def local_agent_model(model: Any, *, batch_size: int = 8) -> AgentModel:
     """The local SLM (`LocalModel`, with its default adapter if it has one) as the agent; steps of up
     to `batch_size` agents are decoded together. `close` stops the worker thread."""
     from slm_swap.clients.batching import ModelWorker
 
-    worker = ModelWorker(model, batch_size)
+    worker = ModelWorker(model, batch_size, gather_s=AGENT_GATHER_S)
     identity = model.identity + (f" + adapter {model.adapter_path}" if model.adapter_path else "")
-    return AgentModel(identity, lambda: LocalAgentModel(worker, model.default_adapter, model.model_path.name),
+    return AgentModel(identity, lambda max_tokens: LocalAgentModel(worker, model.default_adapter, model.model_path.name,
+                                                                   max_tokens),
                       lambda text: text, worker.stop)
 
 

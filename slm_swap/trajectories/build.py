@@ -11,8 +11,9 @@ validation splits do not take. Under `out_dir`:
                                                    teacher's conversation; its turns (thought, code,
                                                    final answer) trained, system, task and every
                                                    observation not
-    agent/{split}.tasks.jsonl                      id, task, functions, gold call, BFCL answers and the
-                                                   capture's step limit: what an agent eval asks and checks
+    agent/{split}.tasks.jsonl                      id, task, functions, gold call, BFCL answers, the
+                                                   capture's step and turn limits and prompt digest: what
+                                                   an agent eval asks and checks
     dataset.json                                   source trajectory file + hash, filter counts, sizes, ids
 """
 
@@ -27,7 +28,7 @@ from slm_swap.data.examples import Example
 from slm_swap.data.prepare import SplitSizes, split_examples, write_dataset
 from slm_swap.errors import SlmSwapError
 from slm_swap.fileio import jsonl_text, read_json, sha256_file
-from slm_swap.trajectories.codeact import prompt_digest
+from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, prompt_digest
 from slm_swap.trajectories.records import read_trajectories
 
 DEFAULT_VAL, DEFAULT_TEST = 8, 8
@@ -45,14 +46,16 @@ def agent_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_task(record: dict[str, Any]) -> dict[str, Any]:
-    """What an agent eval asks and checks: the task, its signatures, the gold call, the step limit, and
+    """What an agent eval asks and checks: the task, its signatures, the gold call, the step and turn limits, and
     a digest of the system prompt the teacher was given (its tools as the model saw them), so an eval
     whose tools would show the student something else is refused."""
     gold = record["gold"]
     system = record["messages"][0] if record["messages"] and record["messages"][0]["role"] == "system" else None
     return {"id": record["request_id"], "task": record["task"], "functions": record["tools"],
             "gold": {"name": gold["name"], "arguments": gold["arguments"]}, "possible_answer": gold.get("possible_answer"),
-            "max_steps": record["max_steps"], "system_prompt_sha256": prompt_digest(system["content"]) if system else None}
+            "max_steps": record["max_steps"],
+            "max_turn_tokens": record.get("max_turn_tokens", AGENT_MAX_NEW_TOKENS),
+            "system_prompt_sha256": prompt_digest(system["content"]) if system else None}
 
 
 def build(accepted: Path, out_dir: Path, *, val: int = DEFAULT_VAL, test: int = DEFAULT_TEST, seed: int = 0) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Trajectories are appended to the output JSONL as they finish, so a killed captur
 `resume=True`: requests already captured are not asked again. A request the teacher could not answer
 (after the SDK's retries) is recorded with `error` set, counts against the error budget and is asked
 again on resume. `<out>.run.json` pins what the trajectories were made with (teacher, source, step
-limit, tools, prompt), so a resume with other settings is refused instead of mixing them. At the end
+limit, new tokens per turn, tools, prompt), so a resume with other settings is refused instead of mixing them. At the end
 the file is rewritten in source order, atomically.
 """
 
@@ -29,7 +29,8 @@ from slm_swap.fileio import (atomic_write_text, canonical_json, check_writable_f
 from slm_swap.progress import Progress, progress_meter
 from slm_swap.tracing import NullRun, Run
 from slm_swap.trajectories.agent_models import AgentModel
-from slm_swap.trajectories.codeact import DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory, make_tools, solve
+from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory,
+                                           make_tools, solve)
 from slm_swap.trajectories.records import read_trajectories
 from slm_swap.workers import in_threads
 
@@ -51,12 +52,13 @@ def source_examples(source: str, dataset_path: Path | None = None, categories: t
 
 
 def capture_pin(examples: list[Example], source: dict[str, Any], identity: str, max_steps: int,
-                tools_spec: str) -> dict[str, Any]:
+                tools_spec: str, max_turn_tokens: int = AGENT_MAX_NEW_TOKENS) -> dict[str, Any]:
     """What a capture's trajectories are made with; `--resume` is refused when it differs."""
     return {
         "teacher": identity,
         "source": source,
         "max_steps": max_steps,
+        "max_turn_tokens": max_turn_tokens,
         "tools": tools_spec,
         "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest(),
         "request_ids": hashlib.sha256("\n".join(e.id for e in examples).encode()).hexdigest(),
@@ -103,6 +105,7 @@ def capture(
     out: Path,
     model: AgentModel,
     max_steps: int,
+    max_turn_tokens: int = AGENT_MAX_NEW_TOKENS,
     tools_spec: str = DEFAULT_TOOLS,
     concurrency: int = 8,
     resume: bool = False,
@@ -117,6 +120,8 @@ def capture(
         raise SlmSwapError(f"source {source.get('name')!r} has no usable rows (single-call requests with signatures)")
     if max_steps < 1:
         raise SlmSwapError(f"--max-steps must be >= 1, got {max_steps}")
+    if max_turn_tokens < 1:
+        raise SlmSwapError(f"--max-turn-tokens must be >= 1, got {max_turn_tokens}")
     if concurrency < 1:
         raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
     if max_errors is not None and max_errors < 0:
@@ -126,7 +131,7 @@ def capture(
     out = Path(out)
     check_writable_file(out, "--out")
     run_path = run_file_for(out)
-    pin = capture_pin(examples, source, model.identity, max_steps, tools_spec)
+    pin = capture_pin(examples, source, model.identity, max_steps, tools_spec, max_turn_tokens)
     previous = read_json(run_path, "run file") if resume and run_path.exists() else None
     if previous is not None and previous != pin:
         changed = next((key for key in pin if previous.get(key) != pin[key]), "settings")
@@ -151,10 +156,11 @@ def capture(
         record: dict[str, Any] = {
             "index": order[example.id], "request_id": example.id, "task": example.request, "tools": example.functions,
             "gold": {"name": example.name, "arguments": example.arguments, "possible_answer": example.possible_answer},
-            "teacher": model.identity, "max_steps": max_steps, "langfuse_trace_id": trace.trace_id,
+            "teacher": model.identity, "max_steps": max_steps, "max_turn_tokens": max_turn_tokens,
+            "langfuse_trace_id": trace.trace_id,
         }
         try:
-            run = solve(model.make_model(), example.request, example.functions, max_steps=max_steps,
+            run = solve(model.make_model(max_turn_tokens), example.request, example.functions, max_steps=max_steps,
                         tools_factory=factory, tools_spec=tools_spec)
         except AgentGenerationError as exc:
             record.update(steps=[], messages=[], finished=False, state="request_failed", final_answer=None,

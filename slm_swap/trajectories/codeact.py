@@ -33,7 +33,8 @@ from slm_swap.fileio import canonical_json
 
 DEFAULT_MAX_STEPS = 4
 DEFAULT_TOOLS = "slm_swap.trajectories.codeact:simulated_tools"
-# A CodeAct step is a thought and a block of code: longer than a single-call answer.
+# New tokens per model turn, unless a capture says otherwise (`--max-turn-tokens`; the eval uses the
+# capture's): a CodeAct step is a thought and a block of code, longer than a single-call answer.
 AGENT_MAX_NEW_TOKENS = 512
 CODE_OPEN, CODE_CLOSE = "<code>", "</code>"  # smolagents' default code tags
 # What the code prints reaches the model as its next observation: smolagents' default (50,000
@@ -45,24 +46,13 @@ You solve the user's task by writing Python code that calls the tools below.
 Each turn: one line 'Thought: ...' saying what you will do next, then Python code between \
 {{code_block_opening_tag}} and {{code_block_closing_tag}}.
 What the code prints is shown to you as 'Observation:'. Call the one tool that fulfils the task, with \
-keyword arguments taken from the task; when you have its result, end with final_answer(result).
+keyword arguments taken from the task, as `result = tool_name(...)` then `print(result)`; when you have \
+its result, end with `final_answer(result)`.
 
 Tools:
 {%- for tool in tools.values() %}
 {{ tool.to_code_prompt() }}
-{%- endfor %}
-
-Example:
-Thought: I call get_weather with the city the task names.
-{{code_block_opening_tag}}
-result = get_weather(city="Oslo")
-print(result)
-{{code_block_closing_tag}}
-Observation: {"temperature": 4}
-Thought: I have the result.
-{{code_block_opening_tag}}
-final_answer(result)
-{{code_block_closing_tag}}"""
+{%- endfor %}"""
 
 PROMPT_TEMPLATES = PromptTemplates(
     system_prompt=SYSTEM_PROMPT,

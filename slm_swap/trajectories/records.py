@@ -8,6 +8,7 @@
     finished, state, final_answer       final_answer() called?; smolagents' end state; its argument
     tool_calls                          the calls the agent made: [{name, arguments}], source names
     teacher, max_steps, error, latency_s, langfuse_trace_id
+    max_turn_tokens                     new tokens the model was allowed per turn (absent before 2026-12-05: 512)
     verdict                             added by `filter`: {accepted, reason, checks}
 """
 

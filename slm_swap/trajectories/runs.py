@@ -17,19 +17,21 @@ from slm_swap.runs import announce_trace
 from slm_swap.tracing import open_tracer
 from slm_swap.trajectories.agent_models import AgentModel
 from slm_swap.trajectories.capture import capture
-from slm_swap.trajectories.codeact import DEFAULT_TOOLS
+from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS
 
 
 def traced_capture(settings: Settings, examples: list[Example], source: dict[str, Any], *, out: Path, teacher: AgentModel,
-                   max_steps: int, tools_spec: str = DEFAULT_TOOLS, concurrency: int = 8, resume: bool = False,
+                   max_steps: int, max_turn_tokens: int = AGENT_MAX_NEW_TOKENS, tools_spec: str = DEFAULT_TOOLS,
+                   concurrency: int = 8, resume: bool = False,
                    max_errors: int | None = None, progress: Progress = "bar", flow_run_id: str | None = None) -> dict[str, Any]:
     with open_tracer(settings) as tracer:
         trace_input = {"source": source, "rows": len(examples), "teacher": teacher.identity, "max_steps": max_steps,
-                       "tools": tools_spec, "out": str(out)}
+                       "max_turn_tokens": max_turn_tokens, "tools": tools_spec, "out": str(out)}
         metadata = {"command": "capture", "resume": resume, "prefect_flow_run_id": flow_run_id or settings.prefect_flow_run_id}
         try:
             with tracer.run("capture", input=trace_input, metadata=metadata) as run:
-                summary = capture(examples, source, out=out, model=teacher, max_steps=max_steps, tools_spec=tools_spec,
+                summary = capture(examples, source, out=out, model=teacher, max_steps=max_steps,
+                                  max_turn_tokens=max_turn_tokens, tools_spec=tools_spec,
                                   concurrency=concurrency, resume=resume, max_errors=max_errors, progress=progress,
                                   trace=run)
         finally:

@@ -90,6 +90,7 @@ class ScriptedTeacher:
             raise ValueError(f"unknown teacher behaviour {unknown[0]!r}: expected one of {', '.join(BEHAVIOURS)}")
         self.step_delay_s, self.model = step_delay_s, model
         self.requests = 0  # chat completions answered or refused, all tasks
+        self.max_tokens_asked: set[Any] = set()  # the `max_tokens` of every request (the turn budget it was given)
         self.asked: dict[str, int] = {}  # requests per row id
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -125,6 +126,7 @@ class ScriptedTeacher:
 
     def answer(self, body: dict[str, Any]) -> tuple[int, str]:
         """(HTTP status, text) for one chat-completions request body."""
+        self.max_tokens_asked.add(body.get("max_tokens", body.get("max_completion_tokens")))
         messages = body.get("messages") or []
         texts = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
         task = next((t[len(TASK_PREFIX):] for role, t in texts if role == "user" and t.startswith(TASK_PREFIX)), None)
