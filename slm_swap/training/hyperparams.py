@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from slm_swap.errors import SlmSwapError
+from slm_swap.tracks import get_track
+
 
 @dataclass(frozen=True)
 class HyperParams:
@@ -32,9 +35,6 @@ class HyperParams:
 
 def hyperparams_for(track: str, batch_size: int | None = None) -> HyperParams:
     """The seed's fixed settings with `batch_size` rows per device per step (default: the track's)."""
-    from slm_swap.errors import SlmSwapError
-    from slm_swap.tracks import get_track
-
     size = get_track(track).train_batch_size if batch_size is None else batch_size
     if size < 1:
         raise SlmSwapError(f"--batch-size must be >= 1, got {size}")
