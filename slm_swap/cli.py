@@ -166,8 +166,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     settings = load_settings()
     teacher = hosted_agent_model(settings, timeout_s=args.timeout, max_retries=args.max_retries)
     summary = traced_capture(settings, examples, source, out=Path(args.out), teacher=teacher, max_steps=args.max_steps,
-                             max_turn_tokens=args.max_turn_tokens, tools_spec=args.tools, concurrency=args.concurrency, resume=args.resume,
-                             max_errors=args.max_errors)
+                             max_turn_tokens=args.max_turn_tokens, tools_spec=args.tools, concurrency=args.concurrency,
+                             resume=args.resume, max_errors=args.max_errors)
     print(f"{summary['out']}: {summary['n']} trajectories ({summary['captured_this_run']} this run), "
           f"{summary['finished']} finished, {summary['errors']} failed requests, {summary['wall_s']:.1f} s")
     return 0
@@ -248,7 +248,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     fields = {
         "source": args.source, "dataset_path": args.dataset_path, "categories": args.category or [], "limit": args.limit,
-        "max_steps": args.max_steps, "max_turn_tokens": args.max_turn_tokens, "tools": args.tools, "val": args.val, "test": args.test, "seed": args.seed,
+        "max_steps": args.max_steps, "max_turn_tokens": args.max_turn_tokens, "tools": args.tools, "val": args.val,
+        "test": args.test, "seed": args.seed,
         "trajectories_dir": args.trajectories_dir, "data_dir": args.data_dir, "eval_dir": args.out_dir,
         "ft_dir": args.ft_dir, "delta": args.delta, "finetune": args.finetune, "accelerate_config": args.accelerate_config,
         "max_train_steps": args.max_train_steps, "concurrency": args.concurrency, "timeout_s": args.timeout,
@@ -328,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="first N examples only")
     ev.add_argument("--resume", action="store_true", help="finish an interrupted run, keeping finished examples")
     ev.add_argument("--concurrency", type=int, default=8,
-                    help="hosted: parallel requests; agent: agents in flight, the SLM's decoded together (default: %(default)s)")
+                    help="hosted: parallel requests; agent: agents in flight, the SLM's decoded together "
+                         "(default: %(default)s)")
     ev.add_argument("--timeout", type=float, default=60.0, help="hosted: seconds per request (default: %(default)s)")
     ev.add_argument("--max-retries", type=int, default=4, help="hosted: retries on 429/5xx/timeouts (default: %(default)s)")
     ev.add_argument("--max-errors", type=int, help="stop after this many failed requests (default: 10%% of examples, at least 1)")
@@ -402,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--out", default=str(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl"), help="(default: %(default)s)")
     cap.add_argument("--max-steps", type=int, default=4, help="model turns per task (default: %(default)s)")
     cap.add_argument("--max-turn-tokens", type=int, default=512,
-                     help="new tokens per model turn; the agent eval of these tasks uses the same (default: %(default)s)")
+                     help="new tokens per model turn; the agent eval of these tasks uses the same "
+                          "(default: %(default)s)")
     cap.add_argument("--tools", default="slm_swap.trajectories.codeact:simulated_tools", metavar="MODULE:FACTORY",
                      help="callable(signatures) -> list of smolagents Tools (default: simulated tools)")
     cap.add_argument("--resume", action="store_true", help="finish an interrupted capture; finished requests are not asked again")

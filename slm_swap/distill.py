@@ -38,7 +38,8 @@ class DistillConfig(BaseModel):
     categories: list[str] = Field(default_factory=list, description="bfcl only: BFCL categories (default: simple_python)")
     limit: int | None = Field(64, ge=1, description="capture the first N distinct tasks (None: all)")
     max_steps: int = Field(DEFAULT_MAX_STEPS, ge=1, description="model turns per task, for the teacher and the student alike")
-    max_turn_tokens: int = Field(AGENT_MAX_NEW_TOKENS, ge=1, description="new tokens per model turn, teacher and student alike")
+    max_turn_tokens: int = Field(AGENT_MAX_NEW_TOKENS, ge=1,
+                                 description="new tokens per model turn, for the teacher and the student alike")
     tools: str = Field(DEFAULT_TOOLS, description="tools factory MODULE:FACTORY (default: simulated tools that call no API)")
     val: int = Field(8, ge=1, description="validation tasks")
     test: int = Field(8, ge=1, description="test tasks (drawn first): what teacher and student are evaluated on")
@@ -97,11 +98,11 @@ def capture_step(settings: Settings, config: DistillConfig, *, flow_run_id: str 
 
     examples, source = source_examples(config.source, config.dataset_path, tuple(config.categories), config.limit)
     teacher = hosted_agent_model(settings, timeout_s=config.timeout_s, max_retries=config.max_retries)
-    resume = can_resume(config.trajectories, capture_pin(examples, source, teacher.identity, config.max_steps, config.tools,
-                                                        config.max_turn_tokens))
+    pin = capture_pin(examples, source, teacher.identity, config.max_steps, config.tools, config.max_turn_tokens)
     return traced_capture(settings, examples, source, out=config.trajectories, teacher=teacher,
-                          max_steps=config.max_steps, max_turn_tokens=config.max_turn_tokens, tools_spec=config.tools, concurrency=config.concurrency,
-                          resume=resume, max_errors=config.max_errors, progress=progress, flow_run_id=flow_run_id)
+                          max_steps=config.max_steps, max_turn_tokens=config.max_turn_tokens, tools_spec=config.tools,
+                          concurrency=config.concurrency, resume=can_resume(config.trajectories, pin),
+                          max_errors=config.max_errors, progress=progress, flow_run_id=flow_run_id)
 
 
 def filter_step(settings: Settings, config: DistillConfig, *, flow_run_id: str | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from slm_swap.cli import main
 from slm_swap.data.examples import load_rows
-from slm_swap.data.prepare import SPLITS, SplitSizes, prepare
+from slm_swap.data.prepare import SPLITS
 from slm_swap.data.xlam import load_xlam
 from slm_swap.metrics import parse_toolcall
 from slm_swap.prompts import TRACKS, build_messages

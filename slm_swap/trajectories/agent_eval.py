@@ -1,7 +1,8 @@
 """`slm-swap eval --track agent`: a model as the CodeAct agent on a split's tasks, scored as the filter judges.
 
 The agent, prompt, tools, step limit and new tokens per turn are capture's (`codeact`, the tasks' own
-`max_steps` and `max_turn_tokens`), so the student is asked exactly what the teacher was, with the same budget. The tasks are `build`'s `<data-dir>/agent/<split>.tasks.jsonl`.
+`max_steps` and `max_turn_tokens`), so the student is asked exactly what the teacher was, with the same
+budget. The tasks are `build`'s `<data-dir>/agent/<split>.tasks.jsonl`.
 Each task carries a digest of the system prompt the teacher saw; tools (`--tools`) that would show the
 student other tool schemas are refused before anything runs.
 The run is capture's loop (`capture.capture`) with the model under test playing the agent: each task's
@@ -132,7 +133,8 @@ def run_agent_eval(
 
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     summary = capture(loaded.examples, source, out=records_path_for(out), model=model, max_steps=max_steps,
-                      max_turn_tokens=loaded.max_turn_tokens, tools_spec=tools_spec, concurrency=concurrency, resume=resume, max_errors=max_errors,
+                      max_turn_tokens=loaded.max_turn_tokens, tools_spec=tools_spec, concurrency=concurrency,
+                      resume=resume, max_errors=max_errors,
                       progress=progress, trace=trace, on_record=scored)
     records = read_jsonl(records_path_for(out), "records file")
     wall = time.perf_counter() - started
