@@ -44,7 +44,8 @@ def timed(step, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=160, help="BFCL simple_python tasks captured (default: %(default)s)")
+    parser.add_argument("--tasks", type=int, default=160,
+                        help="BFCL simple_python tasks captured (default: %(default)s)")
     parser.add_argument("--val", type=int, default=8, help="validation tasks (default: %(default)s)")
     parser.add_argument("--test", type=int, default=16, help="test tasks (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=2, help="agent turns per task (default: %(default)s)")
@@ -89,7 +90,7 @@ def main() -> None:
         filtered = json.loads((tmp / "03" / "filter.json").read_text())
 
     print(f"data: {filtered['accepted']} of {filtered['n']} trajectories accepted ({filtered['reasons']}); "
-          f"{next(iter(manifests.values()))['datasets']['train']['rows']} train rows, {metrics['before']['n']} test tasks, "
+          f"{manifests['after']['datasets']['train']['rows']} train rows, {metrics['before']['n']} test tasks, "
           f"max {args.max_steps} turns of {args.max_turn_tokens} tokens")
     for name, manifest in manifests.items():
         print(f"fine-tune for '{name}': {manifest['steps']} steps of {manifest['global_batch_size']} in "

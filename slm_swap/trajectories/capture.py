@@ -10,8 +10,8 @@ Trajectories are appended to the output JSONL as they finish, so a killed captur
 `resume=True`: requests already captured are not asked again. A request the teacher could not answer
 (after the SDK's retries) is recorded with `error` set, counts against the error budget and is asked
 again on resume. `<out>.run.json` pins what the trajectories were made with (teacher, source, step
-limit, new tokens per turn, tools, prompt), so a resume with other settings is refused instead of mixing them. At the end
-the file is rewritten in source order, atomically.
+limit, new tokens per turn, tools, prompt), so a resume with other settings is refused instead of
+mixing them. At the end the file is rewritten in source order, atomically.
 """
 
 from __future__ import annotations
