@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or (env_key.get_secret_value() if env_key else None)
     serve(model_path, host=args.host, port=args.port, adapters=adapters, api_key=api_key,
           model_name=args.model_name, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-          load_in_4bit=args.load_in_4bit)
+          load_in_4bit=args.load_in_4bit, batch_wait_ms=args.batch_wait_ms)
     return 0
 
 
@@ -283,7 +283,7 @@ def add_load_in_4bit(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS
+    from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
     from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR
     from slm_swap.models import EMBEDDED_MODEL_DIR
 
@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", help="require this key (Authorization: Bearer, or Azure's api-key header); "
                      "default: SLM_SWAP_SERVE_API_KEY, which is better: arguments are visible to anyone via `ps`")
     srv.add_argument("--batch-size", type=int, default=8, help="queued requests generated together (default: %(default)s)")
+    srv.add_argument("--batch-wait-ms", type=float, default=SERVE_BATCH_WAIT_MS,
+                     help="how long a batch short of --batch-size waits for more requests before it starts; "
+                          "0: at once (default: %(default)s)")
     srv.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default completion length cap (default: %(default)s)")
     add_load_in_4bit(srv)
     srv.set_defaults(func=cmd_serve)

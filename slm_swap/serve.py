@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slm_swap.clients import MAX_NEW_TOKENS
+from slm_swap.clients import MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
 from slm_swap.clients.batching import Job, ModelWorker, cut_at_stop
 from slm_swap.clients.local import BASE, LocalModel
 from slm_swap.errors import SlmSwapError
@@ -128,9 +128,11 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     batch_size: int = 8,
+    batch_wait_s: float = 0.0,
 ) -> FastAPI:
-    """The app around an already loaded model (adapters added to `model` before this call)."""
-    worker = ModelWorker(model, batch_size)
+    """The app around an already loaded model (adapters added to `model` before this call).
+    `batch_wait_s`: how long a batch short of `batch_size` waits for more requests (see `ModelWorker`)."""
+    worker = ModelWorker(model, batch_size, gather_s=batch_wait_s)
     chars_per_token = max_token_chars(model.tokenizer)
 
     @contextlib.asynccontextmanager
@@ -263,9 +265,17 @@ def serve(
     batch_size: int = 8,
     max_new_tokens: int = MAX_NEW_TOKENS,
     load_in_4bit: bool | None = None,
+    batch_wait_ms: float = SERVE_BATCH_WAIT_MS,
 ) -> None:
     """Load the model and adapters, then serve until interrupted."""
     import uvicorn
+
+    if batch_size < 1:
+        raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 1 <= max_new_tokens <= MAX_TOKENS_CAP:
+        raise SlmSwapError(f"--max-new-tokens must be between 1 and {MAX_TOKENS_CAP}, got {max_new_tokens}")
+    if not (0 <= batch_wait_ms <= 60_000):
+        raise SlmSwapError(f"--batch-wait-ms must be between 0 and 60000, got {batch_wait_ms}")
 
     if not is_loopback(host) and not api_key:
         print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
@@ -275,6 +285,6 @@ def serve(
     name = model_name or Path(model_path).name
     if name in model.adapters:
         raise SlmSwapError(f"adapter name {name!r} clashes with the base model's name: rename one (--model-name)")
-    app = create_app(model, name, api_key=api_key, batch_size=batch_size)
+    app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000)
     print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

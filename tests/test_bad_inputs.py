@@ -204,6 +204,17 @@ def test_train_batch_size_must_be_positive(data_dir, tmp_path, capsys, size):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--batch-wait-ms", "-5"], "--batch-wait-ms must be between 0 and 60000, got -5.0"),
+    (["--batch-wait-ms", "nan"], "--batch-wait-ms must be between 0 and 60000, got nan"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 2048, got 0"),
+])
+def test_serve_flags_out_of_range_are_refused_before_the_model_loads(tmp_path, capsys, flags, message):
+    # Before this check `serve --batch-size 0` started listening and failed on the first request.
+    refused(capsys, ["serve", "--model-path", str(tmp_path / "no-model-here"), "--port", "1", *flags], message)
+
+
 @pytest.mark.parametrize("endpoint", ["not a url", "ftp://host/x", "https://"])
 def test_azure_endpoint_that_is_not_a_url(data_dir, tmp_path, capsys, monkeypatch, endpoint):
     monkeypatch.delenv("HOSTED_BASE_URL", raising=False)

@@ -240,6 +240,32 @@ def test_api_key_from_the_environment_is_required_and_never_printed(tiny_model_d
     assert key not in output
 
 
+def test_a_lone_request_waits_batch_wait_ms_for_company_and_a_full_batch_does_not(tiny_model_dir):
+    """A client's parallel requests arrive milliseconds apart; --batch-wait-ms lets them share one
+    batch. A lone request waits that long for company; a full batch starts at once."""
+    process, url = start_server(["--model-path", str(tiny_model_dir), "--model-name", "tiny", "--api-key", KEY,
+                                 "--batch-size", "2", "--batch-wait-ms", "3000"], KEY)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def ask():
+        return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
+
+    try:
+        started = time.monotonic()
+        assert ask() == 200
+        alone = time.monotonic() - started
+        with ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            assert list(pool.map(lambda _: ask(), range(2))) == [200, 200]
+            together = time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert alone >= 3.0, f"a lone request took {alone:.2f} s: it did not wait for company"
+    assert together < 3.0, f"a full batch took {together:.2f} s: it waited"
+
+
 def test_concurrent_requests_are_all_answered_as_if_alone(server):
     messages = bfcl_messages(8)
     headers = {"Authorization": f"Bearer {KEY}"}

@@ -15,6 +15,11 @@ MAX_NEW_TOKENS = 256
 # across the GPUs); lower `--batch-size` if memory runs out.
 EVAL_BATCH_SIZE = 64
 
+# How long `slm-swap serve` holds a batch short of its size for more requests. A client's parallel
+# requests reach the server milliseconds apart: without a wait the first is decoded alone and the
+# others only after it, which takes twice as long. 50 ms is small beside a completion's seconds.
+SERVE_BATCH_WAIT_MS = 50.0
+
 
 @dataclass(frozen=True)
 class Completion:
