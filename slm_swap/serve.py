@@ -128,7 +128,7 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     batch_size: int = 8,
-    batch_wait_s: float = 0.0,
+    batch_wait_s: float = SERVE_BATCH_WAIT_MS / 1000,
 ) -> FastAPI:
     """The app around an already loaded model (adapters added to `model` before this call).
     `batch_wait_s`: how long a batch short of `batch_size` waits for more requests (see `ModelWorker`)."""

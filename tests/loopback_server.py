@@ -4,13 +4,9 @@ background thread for the length of a `with` block."""
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-
-class _Server(ThreadingHTTPServer):
-    # A listen backlog of 128, not the default 5: concurrent clients must not wait on SYN retries.
-    request_queue_size = 128
-    daemon_threads = True
+from slm_swap.trajectories.teacher import LoopbackHTTPServer
 
 
 class LoopbackServer:
@@ -18,7 +14,7 @@ class LoopbackServer:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = LoopbackHTTPServer(("127.0.0.1", 0), self._handler())
         # A short poll interval: shutdown() waits up to one interval, and tests start many servers.
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
                                        name=type(self).__name__, daemon=True)

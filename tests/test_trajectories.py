@@ -13,7 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from langfuse_receiver import LangfuseReceiver
 from slm_swap.cli import main
 from slm_swap.data.bfcl import load_bfcl
 from slm_swap.trajectories.records import read_trajectories
-from slm_swap.trajectories.teacher import ScriptedTeacher
+from slm_swap.trajectories.teacher import LoopbackHTTPServer, ScriptedTeacher
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 
@@ -78,6 +81,30 @@ def captured(bfcl_rows, tmp_path_factory):
             mp.undo()
         asked = dict(teacher.asked)
     return folder, behaviours, asked
+
+
+def test_a_client_hanging_up_prints_no_traceback_but_a_server_error_still_does(capsys):
+    """A capture that stops at its error budget hangs up on requests in flight: the teacher must not
+    print socketserver's traceback into the command's output for that, only for its own faults."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/gone":
+                raise BrokenPipeError(32, "Broken pipe")
+            raise ValueError("a real fault")
+
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        for path in ("/gone", "/fault"):
+            with pytest.raises(Exception):  # the server closes the connection without an answer
+                urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}{path}", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert "ValueError: a real fault" in err
+    assert "BrokenPipeError" not in err and err.count("Exception occurred during processing") == 1
 
 
 def test_filter_verdicts_equal_the_scripted_faults(captured):

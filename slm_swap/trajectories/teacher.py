@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,20 @@ from slm_swap.trajectories.codeact import python_name
 
 BEHAVIOURS = ("correct", "wrong", "broken", "fixed", "endless", "busy", "down")
 TASK_PREFIX = "New task:\n"
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server for many clients at once (this teacher's, and the tests' stub servers)."""
+
+    request_queue_size = 128  # not the default 5: concurrent clients must not wait on SYN retries
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (a run stopping at its error budget, a closed keep-alive
+        # connection) is not the server's error: socketserver would print a traceback to stderr,
+        # in the middle of the command's own output. Anything else is still printed.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def python_call(example: Example, arguments: dict[str, Any]) -> str:
@@ -93,8 +108,7 @@ class ScriptedTeacher:
         self.max_tokens_asked: set[Any] = set()  # the `max_tokens` of every request (the turn budget it was given)
         self.asked: dict[str, int] = {}  # requests per row id
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = LoopbackHTTPServer(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
     @property
