@@ -48,6 +48,43 @@ def test_labels_mask_every_prompt_token_and_no_completion_token(xlam_data_dir, t
         assert tokenizer.decode(ids[n_prompt:n]) == row["completion"] + "<|im_end|>\n"  # answer, then stop
 
 
+def test_on_cpu_the_loss_is_trls_through_the_labelled_positions_only(xlam_data_dir, tiny_model_dir, tmp_path):
+    """The CPU trainer sends only the positions whose next token carries loss through the LM head,
+    and gets the loss and the gradients TRL's own SFTTrainer gets on the same batch."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from slm_swap.training.backends import load_for_training
+    from slm_swap.training.labelled_loss import LabelledPositionsSFTTrainer
+
+    results = {}
+    for name, trainer_class in (("trl", SFTTrainer), ("ours", LabelledPositionsSFTTrainer)):
+        model, tokenizer = load_for_training("cpu", tiny_model_dir, SMALL)  # seeded: the same adapter both times
+        examples = [tokenize_row(tokenizer, row) for row in load_rows(xlam_data_dir / "toolcall" / "train.jsonl")[:3]]
+        trainer = trainer_class(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(examples),
+                                args=SFTConfig(output_dir=str(tmp_path / name), use_cpu=True, report_to="none",
+                                               completion_only_loss=True))
+        batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
+        projected = []
+        head = model.get_output_embeddings().register_forward_hook(lambda m, args, out: projected.append(args[0].shape[:-1]))
+        model.eval()  # no dropout: the two runs see the same network
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        head.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[name] = (loss.item(), grads, projected)
+
+    labelled = batch["labels"][:, 1:] != -100
+    assert results["ours"][0] == pytest.approx(results["trl"][0], rel=1e-5)
+    for name, grad in results["trl"][1].items():
+        assert torch.allclose(results["ours"][1][name], grad, rtol=1e-3, atol=1e-6), name
+    # Ours: one call over the positions some row is labelled at, fewer than the batch's positions.
+    assert results["ours"][2] == [torch.Size([3, int(labelled.any(0).sum())])]
+    assert int(labelled.any(0).sum()) < labelled.shape[1]
+
+
 @pytest.fixture(scope="module")
 def overfit_split(tmp_path_factory, xlam_data_dir):
     """Four toolcall rows used as both train and validation: loss on them must fall."""

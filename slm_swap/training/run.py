@@ -1,5 +1,6 @@
 """One fine-tuning run: validate inputs, load the backend, train with TRL's SFTTrainer on the
-completion only, report validation loss, write the adapter and its manifest atomically.
+completion only (on CPU through `labelled_loss`, which sends only the labelled positions through the
+LM head), report validation loss, write the adapter and its manifest atomically.
 
 Runs as one process (CPU) or one per GPU under `accelerate launch`; only the main process writes.
 Checkpoints go to `<out>.checkpoints/` so `resume=True` continues an interrupted run.
@@ -127,6 +128,8 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from slm_swap.training.labelled_loss import LabelledPositionsSFTTrainer
+
     hp = request.hyperparams
     backend = choose_backend(request.backend)
     model, tokenizer = load_for_training(backend, Path(request.model_path), hp)
@@ -190,7 +193,9 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
             self.val_loss = self.trainer.evaluate()["eval_loss"]
 
     at_start = AtStart()
-    trainer = SFTTrainer(
+    # On CUDA, TRL's own head already scores only the labelled positions; elsewhere ours does.
+    trainer_class = SFTTrainer if cuda else LabelledPositionsSFTTrainer
+    trainer = trainer_class(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(train_examples),
