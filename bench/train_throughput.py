@@ -28,7 +28,9 @@ from slm_swap.training.run import TrainRequest, train  # noqa: E402
 
 @contextlib.contextmanager
 def trl_head():
-    """`train()` on CPU with TRL's SFTTrainer as it is (every position through the LM head)."""
+    """`train()` on CPU with TRL's SFTTrainer as it is (every position through the LM head).
+    `train()` imports the trainer class from `labelled_loss` when it is called, so swapping the
+    module's name here is what it picks up."""
     from trl import SFTTrainer
 
     ours = labelled_loss.LabelledPositionsSFTTrainer
