@@ -18,9 +18,9 @@ from pathlib import Path
 
 os.environ["LANGFUSE_DISABLED"] = "1"
 
-from slm_swap.config import load_settings  # noqa: E402
 from slm_swap.data.bfcl import load_bfcl  # noqa: E402
-from slm_swap.trajectories.agent_models import hosted_agent_model  # noqa: E402
+from slm_swap.infra.config import load_settings  # noqa: E402
+from slm_swap.llm.agent_models import hosted_agent_model  # noqa: E402
 from slm_swap.trajectories.capture import capture  # noqa: E402
 from slm_swap.trajectories.records import read_trajectories  # noqa: E402
 from slm_swap.trajectories.teacher import ScriptedTeacher  # noqa: E402

@@ -26,12 +26,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANGFUSE_DISABLED", "1")
 
-from slm_swap.cli import main as cli  # noqa: E402
-from slm_swap.models import fetch_embedded_model  # noqa: E402
+from slm_swap.app.cli import main as cli  # noqa: E402
+from slm_swap.core.tracks import TRACKS  # noqa: E402
+from slm_swap.llm.embedded import fetch_embedded_model  # noqa: E402
+from slm_swap.train.run import MANIFEST  # noqa: E402
 from slm_swap.trajectories.capture import source_examples  # noqa: E402
 from slm_swap.trajectories.teacher import ScriptedTeacher, parse_faults  # noqa: E402
-from slm_swap.tracks import TRACKS  # noqa: E402
-from slm_swap.training.run import MANIFEST  # noqa: E402
 
 FAULTS = ["wrong=7", "broken=11"]  # as scripts/distill.sh starts the teacher
 

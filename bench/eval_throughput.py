@@ -14,11 +14,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from slm_swap.clients import EVAL_BATCH_SIZE, MAX_NEW_TOKENS  # noqa: E402
-from slm_swap.clients.local import LocalModel  # noqa: E402
+from slm_swap.core.prompts import build_messages, build_prompt  # noqa: E402
 from slm_swap.data.bfcl import load_bfcl  # noqa: E402
-from slm_swap.models import fetch_embedded_model  # noqa: E402
-from slm_swap.prompts import build_messages, build_prompt  # noqa: E402
+from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS  # noqa: E402
+from slm_swap.llm.embedded import fetch_embedded_model  # noqa: E402
+from slm_swap.llm.local import LocalModel  # noqa: E402
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ before and after one fine-tune with the seed's fixed settings, side by side.
     .venv/bin/python bench/finetune_gain.py [--train 256] [--test 32] [--track toolcall]
 
 Target: valid_call_rate from 0 to >= 0.5 on the test split. The fine-tune is the library's own
-(`slm_swap.training.run.train`, cpu backend, LoRA r=64 alpha=16 dropout=0.1, lr 2e-4, one epoch);
-the evals are the library's own (`slm_swap.evaluate.run_eval` through the batched local client).
+(`slm_swap.train.run.train`, cpu backend, LoRA r=64 alpha=16 dropout=0.1, lr 2e-4, one epoch);
+the evals are the library's own (`slm_swap.evaluation.rows.run_eval` through the batched local client).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANGFUSE_DISABLED", "1")
 
-from slm_swap.cli import main as cli  # noqa: E402
-from slm_swap.clients.local import load_local_model  # noqa: E402
-from slm_swap.evaluate import run_eval  # noqa: E402
-from slm_swap.tracks import AST_METRIC, get_track  # noqa: E402
-from slm_swap.models import fetch_embedded_model  # noqa: E402
-from slm_swap.training.run import TrainRequest, train  # noqa: E402
+from slm_swap.app.cli import main as cli  # noqa: E402
+from slm_swap.core.tracks import AST_METRIC, get_track  # noqa: E402
+from slm_swap.evaluation.rows import run_eval  # noqa: E402
+from slm_swap.llm.embedded import fetch_embedded_model  # noqa: E402
+from slm_swap.llm.local import load_local_model  # noqa: E402
+from slm_swap.train.run import TrainRequest, train  # noqa: E402
 
 TARGET = ("valid_call_rate", 0.5)
 

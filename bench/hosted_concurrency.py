@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from openai_stub import OpenAIStub  # noqa: E402
-from slm_swap.clients.hosted import HostedClient  # noqa: E402
-from slm_swap.config import Settings  # noqa: E402
+from slm_swap.infra.config import Settings  # noqa: E402
+from slm_swap.llm.hosted import HostedClient  # noqa: E402
 
 
 def run(stub: OpenAIStub, requests: int, concurrency: int) -> tuple[float, int]:

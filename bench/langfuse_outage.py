@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from langfuse_receiver import LangfuseReceiver  # noqa: E402
 from openai_stub import OpenAIStub  # noqa: E402
 
-SLM_SWAP = [sys.executable, "-m", "slm_swap.cli"]
+SLM_SWAP = [sys.executable, "-m", "slm_swap.app.cli"]
 
 
 def eval_once(data_dir: Path, out: Path, env: dict[str, str], limit: int) -> tuple[float, str]:

@@ -38,9 +38,9 @@ os.environ.setdefault("PREFECT_HOME", str(WORK / "prefect-home"))  # a fresh eph
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from openai_stub import OpenAIStub  # noqa: E402
-from slm_swap.cli import main as cli  # noqa: E402
+from slm_swap.app.cli import main as cli  # noqa: E402
 from slm_swap.data.examples import load_rows  # noqa: E402
-from slm_swap.models import build_tiny_model, fetch_embedded_model  # noqa: E402
+from slm_swap.llm.embedded import build_tiny_model, fetch_embedded_model  # noqa: E402
 
 TRACKS = ("structured", "toolcall")
 
@@ -48,10 +48,10 @@ TRACKS = ("structured", "toolcall")
 def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
     """The library calls `slm-swap eval` and `slm-swap compare` make, one after another (as a script
     would), then the same report the flow writes (report.md/.json/.png)."""
-    from slm_swap.config import load_settings
-    from slm_swap.evaluate import default_out_path
-    from slm_swap.report import TrackReport, write_report
-    from slm_swap.runs import traced_compare, traced_eval
+    from slm_swap.infra.config import load_settings
+    from slm_swap.evaluation.rows import default_out_path
+    from slm_swap.app.report import TrackReport, write_report
+    from slm_swap.app.runs import traced_compare, traced_eval
 
     settings = load_settings()
     reports = []
@@ -68,7 +68,7 @@ def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
 
 def pipeline(data_dir: Path, eval_dir: Path, limit: int) -> None:
     from flows.pipeline import run_pipeline
-    from slm_swap.pipeline import PipelineConfig
+    from slm_swap.app.pipeline import PipelineConfig
 
     run_pipeline(PipelineConfig(tracks=list(TRACKS), data_dir=data_dir, eval_dir=eval_dir, ft_dir=WORK / "04_ft",
                                 limit=limit, finetune="never", reuse_max_age_hours=0))
@@ -107,7 +107,7 @@ def main() -> None:
 
     import torch
     from prefect import flow
-    from slm_swap.clients.local import load_local_model
+    from slm_swap.llm.local import load_local_model
 
     torch.set_num_threads(1)
     data_dir = WORK / "data"

@@ -2,7 +2,7 @@
 length-grouped batches (no packing, so no attention across examples), one epoch each on the
 same rows, in fp32; then length-grouped with bf16 autocast (`precision="bf16"`), which `auto`
 picks on CPUs with AVX512-BF16/AMX; then the same with TRL's own LM head, which on a CPU projects
-every position, against ours, which projects the labelled ones (`slm_swap.training.labelled_loss`);
+every position, against ours, which projects the labelled ones (`slm_swap.train.labelled_loss`);
 also the demo-size fine-tune's wall time.
 
     .venv/bin/python bench/train_throughput.py [--track toolcall] [--examples 32]
@@ -20,10 +20,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import slm_swap.training.labelled_loss as labelled_loss  # noqa: E402
-from slm_swap.cli import main as cli  # noqa: E402
-from slm_swap.models import fetch_embedded_model  # noqa: E402
-from slm_swap.training.run import TrainRequest, train  # noqa: E402
+import slm_swap.train.labelled_loss as labelled_loss  # noqa: E402
+from slm_swap.app.cli import main as cli  # noqa: E402
+from slm_swap.llm.embedded import fetch_embedded_model  # noqa: E402
+from slm_swap.train.run import TrainRequest, train  # noqa: E402
 
 
 @contextlib.contextmanager

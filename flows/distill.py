@@ -10,7 +10,7 @@ Graph: `capture` (the teacher as the CodeAct agent) -> `filter` -> `build` -> `e
 it), `eval-slm-ft-agent`, `compare-agent-finetuned` -> `report` (report.md/.json/.png in the eval
 folder, markdown and table artifacts). Every Langfuse trace id (capture, filter, build, evals,
 compares, training) becomes a `langfuse:<id>` tag on the flow run. The steps are the library's
-(`slm_swap.distill`, `slm_swap.pipeline`); the eval, compare, fine-tune and report tasks are the
+(`slm_swap.app.distill`, `slm_swap.app.pipeline`); the eval, compare, fine-tune and report tasks are the
 pipeline's own.
 """
 
@@ -24,10 +24,10 @@ from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
 from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
-from slm_swap.config import load_settings
-from slm_swap.distill import DistillConfig, data_preface, pipeline_config
-from slm_swap.pipeline import adapter_dir, needs_training
-from slm_swap.report import TrackReport
+from slm_swap.app.distill import DistillConfig, data_preface, pipeline_config
+from slm_swap.app.pipeline import adapter_dir, needs_training
+from slm_swap.app.report import TrackReport
+from slm_swap.infra.config import load_settings
 from tasks import build_dataset, build_report, capture_trajectories, compare, eval_hosted, eval_slm, filter_trajectories
 
 
@@ -38,7 +38,7 @@ def slm_swap_distill(config: DistillConfig = DistillConfig()) -> dict[str, Any]:
 
     Args:
         config: the run's settings (source and limit, step limit, tools, split sizes, folders, delta,
-            finetune auto|always|never, teacher timeouts, ...): see `slm_swap.distill.DistillConfig`.
+            finetune auto|always|never, teacher timeouts, ...): see `slm_swap.app.distill.DistillConfig`.
     """
     logger = get_run_logger()
     run_id = flow_run.id

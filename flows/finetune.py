@@ -20,8 +20,8 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.runtime import add_trace_tags, deployment_available, gpu_tagged
-from slm_swap.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR
-from slm_swap.pipeline import PipelineConfig, Track, adapter_dir, read_adapter_manifest, training_plan
+from slm_swap.app.pipeline import PipelineConfig, Track, adapter_dir, read_adapter_manifest, training_plan
+from slm_swap.infra.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR
 from tasks.train import train_adapter
 
 

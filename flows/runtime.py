@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from slm_swap.errors import SlmSwapError
-from slm_swap.pipeline import SLM_GPU_TAG, merge_tags, trace_tags
+from slm_swap.app.pipeline import SLM_GPU_TAG, merge_tags, trace_tags
+from slm_swap.infra.errors import SlmSwapError
 
 
 class FlowFailed(Exception):

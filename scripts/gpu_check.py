@@ -88,7 +88,7 @@ def build_model(model_files: Path, dest: Path) -> Path:
 
 def training_rows(folder: Path) -> Path:
     """The xLAM fixture prepared as the CLI would (both tracks, small splits)."""
-    from slm_swap.cli import main
+    from slm_swap.app.cli import main
 
     if not (folder / "toolcall" / "train.jsonl").exists():
         fixture = REPO / "tests" / "fixtures" / "xlam_sample.json"
@@ -101,8 +101,8 @@ def check_eval_4bit_auto(model: Path, work: Path) -> dict:
     """The default SLM load with CUDA: NF4, `device_map="auto"` over every GPU present, generating."""
     gpus = need_cuda()
     need("bitsandbytes")
-    from slm_swap.clients.local import LocalModel
-    from slm_swap.prompts import build_messages
+    from slm_swap.llm.local import LocalModel
+    from slm_swap.core.prompts import build_messages
 
     local = LocalModel(model, max_new_tokens=16)
     outputs = [c.text for c in local.complete([build_messages(p) for p in PROMPTS])]
@@ -114,8 +114,8 @@ def check_eval_4bit_auto(model: Path, work: Path) -> dict:
 def check_decoder_parity(model: Path, work: Path) -> dict:
     """The batched decoder against transformers' own `generate`, one prompt at a time, on CUDA."""
     need_cuda()
-    from slm_swap.clients.local import LocalModel
-    from slm_swap.prompts import build_messages
+    from slm_swap.llm.local import LocalModel
+    from slm_swap.core.prompts import build_messages
 
     result = {}
     for label, load_in_4bit in (("full_precision", False), ("nf4", True)):
@@ -130,8 +130,8 @@ def check_decoder_parity(model: Path, work: Path) -> dict:
 
 
 def _train(model: Path, work: Path, backend: str) -> dict:
-    from slm_swap.training.hyperparams import HyperParams
-    from slm_swap.training.run import TrainRequest, train
+    from slm_swap.train.hyperparams import HyperParams
+    from slm_swap.train.run import TrainRequest, train
 
     data = training_rows(work / "data")
     request = TrainRequest(track="toolcall", train_path=data / "toolcall" / "train.jsonl", val_path=data / "toolcall" / "val.jsonl",
@@ -161,7 +161,7 @@ def check_zero2_accelerate(model: Path, work: Path) -> dict:
     gpus = need_cuda()
     need("deepspeed")
     need("bitsandbytes")
-    from slm_swap.training.launch import GPU_CONFIG, launch_command
+    from slm_swap.train.launch import GPU_CONFIG, launch_command
 
     data = training_rows(work / "data")
     out = work / "adapter_zero2"

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The layers contract (pyproject.toml [tool.importlinter]): an import that runs up a layer fails here.
+lint-imports
 python -m pytest -q "$@"
 if [ "$#" -eq 0 ]; then
   # The TypeScript client (mastra/) against a real `slm-swap serve` on a tiny model.

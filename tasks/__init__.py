@@ -1,5 +1,5 @@
-"""Thin Prefect `@task` wrappers around the library (`slm_swap.pipeline`, `slm_swap.runs`,
-`slm_swap.report`): they load settings, call one library function, and hold no logic.
+"""Thin Prefect `@task` wrappers around the library (`slm_swap.app.pipeline`, `slm_swap.app.runs`,
+`slm_swap.app.report`): they load settings, call one library function, and hold no logic.
 
     from tasks import eval_hosted, eval_slm, compare, train_adapter, build_report, prepare_data
     from tasks import capture_trajectories, filter_trajectories, build_dataset   # the distill flow's data steps

@@ -1,4 +1,4 @@
-"""`compare`: the decision rule on two metrics files (`slm_swap.runs.traced_compare`)."""
+"""`compare`: the decision rule on two metrics files (`slm_swap.app.runs.traced_compare`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.compare import Decision, format_decision
-from slm_swap.config import load_settings
-from slm_swap.pipeline import EvalOutcome, PipelineConfig, compare_step
+from slm_swap.app.pipeline import EvalOutcome, PipelineConfig, compare_step
+from slm_swap.core.compare import Decision, format_decision
+from slm_swap.infra.config import load_settings
 
 
 def _compare_name(parameters: dict[str, Any]) -> str:

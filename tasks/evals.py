@@ -1,4 +1,4 @@
-"""`eval-hosted` and `eval-slm`: one eval each, reused/resumed/run by `slm_swap.pipeline.run_eval_step`.
+"""`eval-hosted` and `eval-slm`: one eval each, reused/resumed/run by `slm_swap.app.pipeline.run_eval_step`.
 
 - Hosted evals retry when the failure may pass (the error budget ran out, a crash), not on bad
   input or settings; a retry resumes from the records already written.
@@ -16,8 +16,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.config import load_settings
-from slm_swap.pipeline import EvalOutcome, PipelineConfig, retryable, run_eval_step
+from slm_swap.app.pipeline import EvalOutcome, PipelineConfig, retryable, run_eval_step
+from slm_swap.infra.config import load_settings
 
 
 def _retry_if_transient(task, task_run, state) -> bool:

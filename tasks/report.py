@@ -1,4 +1,4 @@
-"""`report`: report.md/.json/.png in the eval folder (`slm_swap.report`), plus a markdown and a
+"""`report`: report.md/.json/.png in the eval folder (`slm_swap.app.report`), plus a markdown and a
 table artifact (keys `slm-swap-report`, `slm-swap-metrics`) on the flow run."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.config import load_settings
-from slm_swap.pipeline import PipelineConfig
-from slm_swap.report import TrackReport, summary, table_rows, write_report
-from slm_swap.tracing import comparison_url, trace_url
+from slm_swap.app.pipeline import PipelineConfig
+from slm_swap.app.report import TrackReport, summary, table_rows, write_report
+from slm_swap.infra.config import load_settings
+from slm_swap.infra.tracing import comparison_url, trace_url
 
 REPORT_KEY = "slm-swap-report"
 METRICS_KEY = "slm-swap-metrics"

@@ -11,8 +11,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect_shell import ShellOperation
 
-from slm_swap.config import load_settings
-from slm_swap.pipeline import TrainingPlan, read_adapter_manifest, reusable_adapter, training_command, training_env
+from slm_swap.app.pipeline import TrainingPlan, read_adapter_manifest, reusable_adapter, training_command, training_env
+from slm_swap.infra.config import load_settings
 
 
 @task(name="train-adapter", task_run_name="train-adapter-{plan.track}", cache_policy=NO_CACHE, log_prints=True)

@@ -1,5 +1,5 @@
 """`capture`, `filter-trajectories` and `build-dataset`: the distill flow's data steps, one library call
-each (`slm_swap.distill`), each one Langfuse trace."""
+each (`slm_swap.app.distill`), each one Langfuse trace."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.config import load_settings
-from slm_swap.distill import DistillConfig, build_step, capture_step, filter_step
+from slm_swap.app.distill import DistillConfig, build_step, capture_step, filter_step
+from slm_swap.infra.config import load_settings
 
 
 @task(name="capture", task_run_name="capture", cache_policy=NO_CACHE, log_prints=True)

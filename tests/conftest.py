@@ -27,7 +27,7 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.fixture(scope="session")
 def embedded_model_dir():
     """The converted embedded model at its default location (converted once, then reused)."""
-    from slm_swap.models import fetch_embedded_model
+    from slm_swap.llm.embedded import fetch_embedded_model
 
     return fetch_embedded_model()
 
@@ -35,7 +35,7 @@ def embedded_model_dir():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_model_dir):
     """A tiny random Llama with the embedded model's tokenizer, for fast training/eval tests."""
-    from slm_swap.models import build_tiny_model
+    from slm_swap.llm.embedded import build_tiny_model
 
     return build_tiny_model(embedded_model_dir, tmp_path_factory.mktemp("tiny-model") / "model")
 
@@ -60,7 +60,7 @@ def xlam_data_dir(tmp_path_factory):
     """Both tracks prepared from the xLAM fixture: 20 train, 4 val, 12 test."""
     from pathlib import Path
 
-    from slm_swap.cli import main
+    from slm_swap.app.cli import main
 
     out = tmp_path_factory.mktemp("xlam-data")
     fixture = Path(__file__).parent / "fixtures" / "xlam_sample.json"

@@ -13,7 +13,7 @@ import pytest
 from conftest import error_lines
 from langfuse_receiver import LangfuseReceiver
 from prefect_api import prefect_api, run_graph  # noqa: F401  (a fixture and a helper)
-from slm_swap.cli import main
+from slm_swap.app.cli import main
 from slm_swap.data.bfcl import load_bfcl
 from slm_swap.trajectories.teacher import ScriptedTeacher
 
@@ -131,7 +131,7 @@ def test_the_captures_turn_budget_is_the_students(bfcl_rows, tiny_model_dir, tmp
 
 
 def test_an_adapter_trained_for_another_track_is_refused(built, tiny_model_dir, tiny_adapter_dir, tmp_path, monkeypatch, capsys):
-    from slm_swap.training.run import MANIFEST
+    from slm_swap.train.run import MANIFEST
 
     adapter = tmp_path / "adapter_toolcall"
     shutil.copytree(tiny_adapter_dir, adapter)
@@ -171,9 +171,9 @@ def test_the_distill_flow_end_to_end(prefect_api, bfcl_rows, tiny_model_dir, tmp
     """capture -> filter -> build -> agent evals -> compare -> fine-tune (the student trails) ->
     re-eval -> compare -> report, under a real Prefect API, every Langfuse trace id a tag."""
     from flows.distill import run_distill
-    from slm_swap.distill import DistillConfig
-    from slm_swap.training.launch import CPU_CONFIG
-    from slm_swap.training.run import MANIFEST
+    from slm_swap.app.distill import DistillConfig
+    from slm_swap.train.launch import CPU_CONFIG
+    from slm_swap.train.run import MANIFEST
 
     config = DistillConfig(limit=ROWS, max_steps=2, val=2, test=TEST_TASKS, trajectories_dir=tmp_path / "03",
                            data_dir=tmp_path / "02", eval_dir=tmp_path / "05", ft_dir=tmp_path / "04",
@@ -221,8 +221,8 @@ def test_the_distill_flow_end_to_end(prefect_api, bfcl_rows, tiny_model_dir, tmp
 def test_the_students_steps_never_decode_past_its_context(tiny_model_dir):
     """A step gets `max_tokens`, or what the conversation leaves of the model's context; a
     conversation that fills it fails the run instead of decoding past the model's positions."""
-    from slm_swap.clients.local import load_local_model
-    from slm_swap.trajectories.agent_models import local_agent_model
+    from slm_swap.llm.local import load_local_model
+    from slm_swap.llm.agent_models import local_agent_model
 
     local = load_local_model(tiny_model_dir, None, 2, None)
     agent = local_agent_model(local, batch_size=2)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import error_lines
-from slm_swap.cli import main
-from slm_swap.errors import SlmSwapError
-from slm_swap.training.data import load_conversation_rows, load_training_rows, tokenize_conversation
-from slm_swap.training.run import MANIFEST
+from slm_swap.app.cli import main
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.train.data import load_conversation_rows, load_training_rows, tokenize_conversation
+from slm_swap.train.run import MANIFEST
 
 PHI_TEMPLATE = Path(__file__).parent / "fixtures" / "chat_templates" / "phi-4-mini-instruct.jinja"
 

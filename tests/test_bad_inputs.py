@@ -14,7 +14,7 @@ import pytest
 
 from conftest import error_lines
 from openai_stub import OpenAIStub
-from slm_swap.cli import main
+from slm_swap.app.cli import main
 
 SECRET = "sk-test-SECRET-bad-inputs-77"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_swap.bfcl_match import args_ast_match, first_choice_arguments
+from slm_swap.core.bfcl_match import args_ast_match, first_choice_arguments
 
 # ---------------------------------------------------------------------------------------------
 # Unit cases: one schema exercising every type, each case a (label, name, arguments, expected).

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import error_lines
-from slm_swap.cli import main
-from slm_swap.compare import MetricRow, mcnemar_exact, parse_delta
+from slm_swap.app.cli import main
+from slm_swap.core.compare import MetricRow, mcnemar_exact, parse_delta
+from slm_swap.core.metrics import score_example
+from slm_swap.core.results import metrics_document
 from slm_swap.data.examples import structured_completion, toolcall_completion
-from slm_swap.fileio import jsonl_text, write_json
-from slm_swap.metrics import score_example
-from slm_swap.results import metrics_document
+from slm_swap.infra.fileio import jsonl_text, write_json
 
 GOLD = {"structured": structured_completion("f", {"x": 1}), "toolcall": toolcall_completion("f", {"x": 1})}
 DATASET = {"path": "toolcall/test.jsonl", "sha256": "ab" * 32}

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from slm_swap.cli import main
+from slm_swap.app.cli import main
+from slm_swap.core.metrics import parse_toolcall
+from slm_swap.core.prompts import TRACKS, build_messages
 from slm_swap.data.examples import load_rows
 from slm_swap.data.prepare import SPLITS
 from slm_swap.data.xlam import load_xlam
-from slm_swap.metrics import parse_toolcall
-from slm_swap.prompts import TRACKS, build_messages
 
 FIXTURE = Path(__file__).parent / "fixtures" / "xlam_sample.json"
 

@@ -32,9 +32,9 @@ import pytest
 
 from openai_stub import OpenAIStub
 from slm_swap.data.bfcl import load_bfcl
+from slm_swap.train.launch import CPU_CONFIG
+from slm_swap.train.run import MANIFEST
 from slm_swap.trajectories.teacher import ScriptedTeacher
-from slm_swap.training.launch import CPU_CONFIG
-from slm_swap.training.run import MANIFEST
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from openai_stub import OpenAIStub
-from slm_swap.cli import main
-from slm_swap.clients.hosted import split_azure_endpoint
+from slm_swap.app.cli import main
 from slm_swap.data.examples import load_rows
-from slm_swap.errors import SlmSwapError
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.llm.hosted import split_azure_endpoint
 
 SECRET = "sk-test-SECRET-do-not-leak-4242"
 
@@ -196,11 +196,11 @@ def test_the_error_budget_does_not_wait_for_requests_in_flight(xlam_data_dir, tm
 
 
 def test_the_hosted_client_is_closed_after_an_eval(xlam_data_dir, tmp_path, azure_env, monkeypatch):
-    import slm_swap.runs
+    import slm_swap.app.runs
 
     built = []
-    original = slm_swap.runs.build_client
-    monkeypatch.setattr(slm_swap.runs, "build_client", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    original = slm_swap.app.runs.build_client
+    monkeypatch.setattr(slm_swap.app.runs, "build_client", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
     with OpenAIStub(gold_responder(xlam_data_dir, "toolcall")) as stub:
         azure_env(stub)
         assert main(eval_args(xlam_data_dir, tmp_path / "t.json", "toolcall", "--limit", "2")) == 0
@@ -212,7 +212,7 @@ def test_killed_eval_resumes_to_the_same_metrics(xlam_data_dir, tmp_path):
     with OpenAIStub(gold_responder(xlam_data_dir, "toolcall"), latency_s=0.25) as stub:
         env = {**os.environ, "AZURE_ENDPOINT": f"{stub.url}/openai/deployments/d", "AZURE_API_KEY": SECRET}
         env.pop("HOSTED_BASE_URL", None)
-        command = [sys.executable, "-m", "slm_swap.cli", *eval_args(xlam_data_dir, tmp_path / "r.json", "toolcall", "--concurrency", "1")]
+        command = [sys.executable, "-m", "slm_swap.app.cli", *eval_args(xlam_data_dir, tmp_path / "r.json", "toolcall", "--concurrency", "1")]
         process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         records = tmp_path / "r.records.jsonl"
         deadline = time.monotonic() + 60

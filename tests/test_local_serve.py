@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from slm_swap.cli import main
-from slm_swap.clients.local import LocalModel, load_local_model
+from slm_swap.app.cli import main
+from slm_swap.app.serve import parse_adapter_specs
+from slm_swap.core.prompts import build_messages, build_prompt
 from slm_swap.data.bfcl import load_bfcl
-from slm_swap.errors import SlmSwapError
-from slm_swap.prompts import build_messages, build_prompt
-from slm_swap.serve import parse_adapter_specs
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.llm.local import LocalModel, load_local_model
 
 pytestmark = pytest.mark.integration
 KEY = "serve-key-123"
@@ -88,7 +88,7 @@ def test_adapter_names_that_could_escape_are_refused(spec):
 def start_server(args: list[str], key: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A real `slm-swap serve` process (stdout and stderr together) and its URL, once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "slm_swap.cli", "serve", "--port", str(port), *args]
+    command = [sys.executable, "-m", "slm_swap.app.cli", "serve", "--port", str(port), *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

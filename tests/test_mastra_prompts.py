@@ -1,7 +1,7 @@
 """The Mastra client's prompts (mastra/prompts.json) are exactly the Python package's export.
 
 mastra/ reads its templates from the committed prompts.json instead of retyping them; this test
-keeps that file from drifting when slm_swap/prompts.py changes. Fix: `cd mastra && npm run prompts`.
+keeps that file from drifting when slm_swap/core/prompts.py changes. Fix: `cd mastra && npm run prompts`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slm_swap.fileio import write_json
-from slm_swap.prompts import export_prompts
+from slm_swap.core.prompts import export_prompts
+from slm_swap.infra.fileio import write_json
 
 PROMPTS_JSON = Path(__file__).resolve().parents[1] / "mastra" / "prompts.json"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from slm_swap.core.metrics import bootstrap_interval, score_example, summarize
 from slm_swap.data.examples import structured_completion, toolcall_completion
-from slm_swap.metrics import bootstrap_interval, score_example, summarize
 
 ARGS = {"city": "Zürich", "filters": {"tags": ["café", "bar"], "open": True}, "limit": 3}
 GOLD_S = structured_completion("find_places", ARGS)

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from slm_swap import models
-from slm_swap.models import (
+from slm_swap.llm import embedded as models
+from slm_swap.llm.embedded import (
     EMBEDDED_GGUF,
     EMBEDDED_GGUF_SHA256,
     MARKER_FILE,
@@ -259,7 +259,7 @@ def test_the_umask_is_read_without_being_changed(monkeypatch):
     # out world-writable: reading it must never call os.umask.
     import os
 
-    from slm_swap import models
+    from slm_swap.llm import embedded as models
 
     actual = os.umask(0o022)
     os.umask(actual)

@@ -25,11 +25,11 @@ import pytest  # noqa: E402
 from langfuse_receiver import LangfuseReceiver  # noqa: E402
 from openai_stub import OpenAIStub  # noqa: E402
 from prefect_api import prefect_api, run_graph  # noqa: E402,F401  (a fixture and a helper)
-from slm_swap.compare import Decision, MetricRow  # noqa: E402
+from slm_swap.core.compare import Decision, MetricRow  # noqa: E402
 from slm_swap.data.examples import load_rows  # noqa: E402
-from slm_swap.errors import SlmSwapError  # noqa: E402
-from slm_swap.fileio import sha256_file, write_json  # noqa: E402
-from slm_swap.pipeline import (  # noqa: E402
+from slm_swap.infra.errors import SlmSwapError  # noqa: E402
+from slm_swap.infra.fileio import sha256_file, write_json  # noqa: E402
+from slm_swap.app.pipeline import (  # noqa: E402
     DataSource,
     PipelineConfig,
     TrainingPlan,
@@ -43,8 +43,8 @@ from slm_swap.pipeline import (  # noqa: E402
     training_command,
     training_env,
 )
-from slm_swap.report import TrackReport, decisions_text, markdown, table_rows, write_report  # noqa: E402
-from slm_swap.training.launch import CPU_CONFIG  # noqa: E402
+from slm_swap.app.report import TrackReport, decisions_text, markdown, table_rows, write_report  # noqa: E402
+from slm_swap.train.launch import CPU_CONFIG  # noqa: E402
 
 SECRET_KEY = "sk-lf-pipeline-SECRET-5c1e"
 
@@ -107,9 +107,9 @@ def test_training_command_and_env():
 
 
 def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_path, monkeypatch):
-    from slm_swap.config import Settings
-    from slm_swap.training.hyperparams import hyperparams_for
-    from slm_swap.training.run import MANIFEST
+    from slm_swap.infra.config import Settings
+    from slm_swap.train.hyperparams import hyperparams_for
+    from slm_swap.train.run import MANIFEST
 
     data = tmp_path / "toolcall"
     data.mkdir()
@@ -141,8 +141,8 @@ def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_p
 
 
 def test_train_task_reuses_a_fresh_identical_adapter_without_launching(tmp_path, monkeypatch):
-    from slm_swap.training.hyperparams import hyperparams_for
-    from slm_swap.training.run import MANIFEST
+    from slm_swap.train.hyperparams import hyperparams_for
+    from slm_swap.train.run import MANIFEST
     from tasks.train import train_adapter
 
     data = tmp_path / "toolcall"
@@ -203,7 +203,7 @@ def test_report_rows_markdown_and_chart(tmp_path):
 
 
 def test_cli_refuses_a_bad_config_before_any_flow_runs(capsys, tmp_path):
-    from slm_swap.cli import main
+    from slm_swap.app.cli import main
 
     assert main(["pipeline", "--source", "xlam", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -303,7 +303,7 @@ def test_better_hosted_side_takes_the_training_branch_by_itself(prefect_api, xla
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.pipeline import run_pipeline
-    from slm_swap.training.run import MANIFEST
+    from slm_swap.train.run import MANIFEST
 
     config = pipeline_config(xlam_data_dir, tmp_path, finetune="auto")
     with get_client(sync_client=True) as client:  # what deployments/setup_work_pools.sh creates on a server
@@ -398,7 +398,7 @@ def test_equal_sides_skip_training_and_a_rerun_reuses_every_eval(prefect_api, xl
                                                                  hosted_env, monkeypatch, capsys):
     """`slm-swap pipeline` with equal sides: no fine-tune, no subflow, no trace tags (tracing off);
     the same command again asks the hosted model nothing and leaves the metrics files as they were."""
-    from slm_swap.cli import main
+    from slm_swap.app.cli import main
 
     monkeypatch.setenv("LANGFUSE_DISABLED", "1")
     monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
@@ -436,7 +436,7 @@ def test_equal_sides_skip_training_and_a_rerun_reuses_every_eval(prefect_api, xl
 @pytest.mark.integration
 def test_a_failed_step_fails_the_flow_and_the_command(prefect_api, tmp_path, hosted_env, capsys):
     """Bad input inside the flow (no dataset there): not retried, the run fails, one line, exit 2."""
-    from slm_swap.cli import main
+    from slm_swap.app.cli import main
 
     with OpenAIStub() as stub:
         hosted_env(stub)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from slm_swap.evaluate import run_eval
-from slm_swap.clients import Completion
-from slm_swap.progress import ProgressLines
+from slm_swap.evaluation.rows import run_eval
+from slm_swap.infra.progress import ProgressLines
+from slm_swap.llm.completion import Completion
 
 
 def test_lines_say_done_of_total_rate_and_time_left_at_start_every_interval_and_end():

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from conftest import error_lines
-from slm_swap.cli import main
-from slm_swap.clients.local import LocalModel, load_local_model
-from slm_swap.prompts import build_messages
+from slm_swap.app.cli import main
+from slm_swap.core.prompts import build_messages
+from slm_swap.llm.local import LocalModel, load_local_model
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slm_swap.cli import main
-from slm_swap.tracing import NullRun
-from slm_swap.training.hyperparams import HyperParams
-from slm_swap.training.run import TrainRequest, train
+from slm_swap.app.cli import main
+from slm_swap.infra.tracing import NullRun
+from slm_swap.train.hyperparams import HyperParams
+from slm_swap.train.run import TrainRequest, train
 
 pytestmark = pytest.mark.integration
 

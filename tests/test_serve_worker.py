@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from slm_swap.clients.batching import Job, ModelWorker
+from slm_swap.llm.batching import Job, ModelWorker
 
 
 class FakeModel:

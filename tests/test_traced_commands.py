@@ -16,10 +16,10 @@ import pytest
 from conftest import error_lines
 from langfuse_receiver import DATASET_ITEMS_PATH, DATASETS_PATH, LangfuseReceiver
 from openai_stub import OpenAIStub
-from slm_swap.cli import main
+from slm_swap.app.cli import main
+from slm_swap.core.prompts import build_messages
 from slm_swap.data.examples import load_rows
-from slm_swap.prompts import build_messages
-from slm_swap.train import main as train_main
+from slm_swap.train.entry import main as train_main
 
 pytestmark = pytest.mark.usefixtures("loopback_only")
 SECRET_KEY = "sk-lf-commands-SECRET-93b1"

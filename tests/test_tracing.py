@@ -1,4 +1,4 @@
-"""slm_swap.tracing against a real HTTP receiver speaking the Langfuse v5 wire protocol (OTLP,
+"""slm_swap.infra.tracing against a real HTTP receiver speaking the Langfuse v5 wire protocol (OTLP,
 scores, datasets and dataset items).
 
 Nothing here leaves 127.0.0.1: proxies are cleared and a socket guard fails any other connection.
@@ -19,9 +19,9 @@ from opentelemetry import trace as otel_trace_api
 from pydantic import BaseModel, SecretStr
 
 from langfuse_receiver import DATASET_ITEMS_PATH, DATASETS_PATH, OTEL_TRACES_PATH, SCORES_PATH, LangfuseReceiver
-from slm_swap.config import Settings
-from slm_swap.errors import SlmSwapError
-from slm_swap.tracing import (
+from slm_swap.infra.config import Settings
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.tracing import (
     REDACTED,
     VALUE_CAP_BYTES,
     LangfuseTracer,
@@ -374,7 +374,7 @@ def test_a_bad_score_is_reported_at_flush_not_raised(capsys):
 
 def test_tracing_uses_only_the_public_sdk():
     """No private SDK name, client attribute, copied exporter header or unregistered exit hook."""
-    source = (Path(__file__).parents[1] / "slm_swap" / "tracing.py").read_text()
+    source = "\n".join(path.read_text() for path in (Path(__file__).parents[1] / "slm_swap").rglob("*.py"))
     for private in (r"langfuse\._", r"\._resources", r"\._otel", r"atexit\.unregister", r"x-langfuse-"):
         assert not re.search(private, source), private
     assert not re.search(r"^\s*(from|import) langfuse\.(?!api\b|types\b)", source, re.M)
@@ -388,7 +388,7 @@ ITEMS = [{"input": [{"role": "system", "content": "sys"}, {"role": "user", "cont
 
 def eval_run(tracer, *, items=ITEMS, sha256="d" * 64, name="slm-swap/xlam/toolcall/test", experiment="azure gpt-4o",
              outputs=("gold 0", "nope", "gold 2"), rate=None):
-    """An eval of the first len(outputs) items, as slm_swap.runs does it."""
+    """An eval of the first len(outputs) items, as slm_swap.app.runs does it."""
     with tracer.run("eval", input={}, metadata={"prefect_flow_run_id": "flow-9"}) as run:
         run.use_dataset(name, items, metadata={"sha256": sha256, "rows": len(items)}, experiment=experiment)
         for index, output in enumerate(outputs):

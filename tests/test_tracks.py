@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slm_swap.errors import SlmSwapError
-from slm_swap.tracks import AST_METRIC, ROW_TRACKS, TRACKS, get_row_track, get_track
+from slm_swap.core.tracks import AST_METRIC, ROW_TRACKS, TRACKS, get_row_track, get_track
+from slm_swap.infra.errors import SlmSwapError
 
 GOLD = {"name": "math.hypot", "arguments": {"x": 3, "y": 4}}
 POSSIBLE = {"math.hypot": {"x": [3], "y": [4], "z": ["", 0]}}

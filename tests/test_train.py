@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import error_lines
-from slm_swap.cli import main
+from slm_swap.app.cli import main
 from slm_swap.data.examples import load_rows
-from slm_swap.errors import SlmSwapError
-from slm_swap.training.data import tokenize_row
-from slm_swap.training.hyperparams import HyperParams
-from slm_swap.training.launch import ACCELERATE_CONFIG_DIR, CPU_CONFIG, GPU_CONFIG, launch_command
-from slm_swap.training.run import MANIFEST, TrainRequest, train
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.train.data import tokenize_row
+from slm_swap.train.hyperparams import HyperParams
+from slm_swap.train.launch import ACCELERATE_CONFIG_DIR, CPU_CONFIG, GPU_CONFIG, launch_command
+from slm_swap.train.run import MANIFEST, TrainRequest, train
 
 pytestmark = pytest.mark.integration
 # Small batches: the tiny model trains a few steps in seconds.
@@ -56,8 +56,8 @@ def test_on_cpu_the_loss_is_trls_through_the_labelled_positions_only(xlam_data_d
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from slm_swap.training.backends import load_for_training
-    from slm_swap.training.labelled_loss import LabelledPositionsSFTTrainer
+    from slm_swap.train.backends import load_for_training
+    from slm_swap.train.labelled_loss import LabelledPositionsSFTTrainer
 
     results = {}
     for name, trainer_class in (("trl", SFTTrainer), ("ours", LabelledPositionsSFTTrainer)):
@@ -129,7 +129,7 @@ def test_accelerate_launch_trains_an_adapter_that_re_evaluates(xlam_data_dir, ti
     out = tmp_path / "04_ft" / "adapter_toolcall"
     env = {**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "slm_swap.cli", "train", "--track", "toolcall", "--data-dir", str(xlam_data_dir),
+        [sys.executable, "-m", "slm_swap.app.cli", "train", "--track", "toolcall", "--data-dir", str(xlam_data_dir),
          "--out", str(out), "--accelerate-config", str(CPU_CONFIG), "--max-steps", "3"],
         env=env, capture_output=True, text=True, timeout=600,
     )
@@ -180,7 +180,7 @@ def test_bnb_backend_trains_4bit_qlora_on_cpu_repeatably(xlam_data_dir, tiny_mod
     assert one.keys() == two.keys() and all((one[k] == two[k]).all() for k in one)
     assert second["train_loss"] == first["train_loss"]
 
-    from slm_swap.clients.local import LocalModel
+    from slm_swap.llm.local import LocalModel
 
     model = LocalModel(tiny_model_dir, max_new_tokens=4, load_in_4bit=True)
     model.add_adapter("toolcall", tmp_path / "a")
@@ -195,7 +195,7 @@ def test_two_cpu_processes_train_data_parallel(xlam_data_dir, tiny_model_dir, tm
     out = tmp_path / "04_ft" / "adapter_toolcall"
     env = {**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "slm_swap.cli", "train", "--track", "toolcall", "--data-dir", str(xlam_data_dir),
+        [sys.executable, "-m", "slm_swap.app.cli", "train", "--track", "toolcall", "--data-dir", str(xlam_data_dir),
          "--out", str(out), "--accelerate-config", str(ACCELERATE_CONFIG_DIR / config)],
         env=env, capture_output=True, text=True, timeout=600,
     )

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import error_lines
 from langfuse_receiver import LangfuseReceiver
-from slm_swap.cli import main
+from slm_swap.app.cli import main
 from slm_swap.data.bfcl import load_bfcl
 from slm_swap.trajectories.records import read_trajectories
 from slm_swap.trajectories.teacher import LoopbackHTTPServer, ScriptedTeacher
@@ -148,7 +148,7 @@ def test_capture_resumed_after_a_kill_asks_no_finished_request_again(bfcl_rows, 
     with ScriptedTeacher(bfcl_rows, behaviours, step_delay_s=0.3) as teacher:
         teacher_env(teacher)
         env = {**os.environ, "HOSTED_BASE_URL": teacher.url}
-        process = subprocess.Popen([sys.executable, "-m", "slm_swap.cli", *capture_cmd(out, "--concurrency", "2", rows=16)],
+        process = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", *capture_cmd(out, "--concurrency", "2", rows=16)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
@@ -369,7 +369,7 @@ def test_capture_against_slm_swap_serve(tiny_model_dir, tmp_path, teacher_env, m
 
 
 def test_serve_honours_stop_sequences():
-    from slm_swap.serve import cut_at_stop
+    from slm_swap.app.serve import cut_at_stop
 
     assert cut_at_stop("Thought: x\n<code>\nprint(1)\n</code>\nObservation: made up", ["Observation:", "</code>"]) == (
         "Thought: x\n<code>\nprint(1)\n", True)

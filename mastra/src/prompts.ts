@@ -1,6 +1,6 @@
 /**
  * The evaluation's prompts, read from `prompts.json` — the file `npm run prompts` exports from the
- * Python package (`slm_swap/prompts.py`, the single source of truth). Nothing here is retyped:
+ * Python package (`slm_swap/core/prompts.py`, the single source of truth). Nothing here is retyped:
  * this module only fills the exported templates the way `build_prompt` does and wraps the result
  * the way `build_messages` does. `tests/test_mastra_prompts.py` fails if the committed file drifts.
  */

@@ -1,6 +1,6 @@
 /**
  * Python's `json` module as the evaluation uses it, so function signatures render to exactly the
- * text `slm_swap.prompts.render_functions` produces.
+ * text `slm_swap.core.prompts.render_functions` produces.
  *
  * - `pythonJsonDumps(value)` is `json.dumps(value, ensure_ascii=False)`: ", " and ": " separators,
  *   keys in insertion order, non-ASCII kept, control characters as \u00XX, floats as `repr`.

@@ -21,7 +21,7 @@ def tiny(root: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slm_swap.models import build_tiny_model, fetch_embedded_model
+    from slm_swap.llm.embedded import build_tiny_model, fetch_embedded_model
 
     model_dir = build_tiny_model(fetch_embedded_model(), root / "model")
     with torch.random.fork_rng(devices=[]):
@@ -33,7 +33,7 @@ def tiny(root: Path) -> None:
 
 
 def messages() -> None:
-    from slm_swap.prompts import build_messages, build_prompt
+    from slm_swap.core.prompts import build_messages, build_prompt
 
     rows = json.load(sys.stdin)
     out = []

@@ -39,7 +39,7 @@ const TRICKY_REQUESTS = [
 
 describe("prompts.json", () => {
   test("is the Python package's export (npm run prompts)", async () => {
-    const exported = JSON.parse(await runPython(["-m", "slm_swap.cli", "prompts", "export", "--out", "-"]));
+    const exported = JSON.parse(await runPython(["-m", "slm_swap.app.cli", "prompts", "export", "--out", "-"]));
     const committed = JSON.parse(readFileSync(path.join(MASTRA_DIR, "prompts.json"), "utf8"));
     assert.deepEqual(committed, exported, "mastra/prompts.json is stale: run `npm run prompts` in mastra/");
     assert.equal(SYSTEM_PROMPT, exported.system_prompt);

@@ -93,7 +93,7 @@ process.on("exit", () => {
 /** `slm-swap serve` on 127.0.0.1 at a free port; resolves once GET /v1/models answers. */
 export async function startServer(args: string[], timeoutMs = 90_000): Promise<RunningServer> {
   const port = await freePort();
-  const child = spawn(PYTHON, ["-m", "slm_swap.cli", "serve", "--host", "127.0.0.1", "--port", String(port), ...args], {
+  const child = spawn(PYTHON, ["-m", "slm_swap.app.cli", "serve", "--host", "127.0.0.1", "--port", String(port), ...args], {
     cwd: REPO_ROOT,
     env: PYTHON_ENV,
     stdio: ["ignore", "pipe", "pipe"],

@@ -13,10 +13,10 @@ import importlib.metadata
 from collections import Counter
 from pathlib import Path
 
-from slm_swap.bfcl_match import first_choice_arguments
+from slm_swap.core.bfcl_match import first_choice_arguments
 from slm_swap.data.examples import Example
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import read_jsonl
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_jsonl
 
 BFCL_PACKAGE = "bfcl-eval"
 BFCL_VERSION = "2026.3.23"

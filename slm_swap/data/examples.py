@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import read_jsonl
-from slm_swap.prompts import build_prompt
-from slm_swap.tracks import TRACKS, get_row_track
+from slm_swap.core.prompts import build_prompt
+from slm_swap.core.tracks import TRACKS, get_row_track
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_jsonl
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slm_swap.core.prompts import TRACKS
 from slm_swap.data.examples import Example, build_row
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import atomic_write_text, check_writable_dir, jsonl_text, sha256_file, write_json
-from slm_swap.prompts import TRACKS
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import atomic_write_text, check_writable_dir, jsonl_text, sha256_file, write_json
 
 SPLITS = ("train", "val", "test")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from slm_swap.data.examples import Example
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import read_json, read_jsonl
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_json, read_jsonl
 
 REQUIRED_FIELDS = ("id", "query", "answers", "tools")
 

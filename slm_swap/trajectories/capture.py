@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slm_swap.data.examples import Example
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, read_json,
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, read_json,
                              remove_stale_temps, write_json)
-from slm_swap.progress import Progress, progress_meter
-from slm_swap.tracing import NullRun, Run
-from slm_swap.trajectories.agent_models import AgentModel
+from slm_swap.infra.progress import Progress, progress_meter
+from slm_swap.infra.tracing import NullRun, Run
+from slm_swap.llm.agent_models import AgentModel
 from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory,
                                            make_tools, solve)
+from slm_swap.infra.workers import in_threads
 from slm_swap.trajectories.records import read_trajectories
-from slm_swap.workers import in_threads
 
 def run_file_for(out: Path) -> Path:
     return out.with_name(out.stem + ".run.json")
@@ -89,7 +89,7 @@ def generation_error(exc: BaseException) -> str:
     """A short line for a request the teacher did not answer (scrubbed by the caller)."""
     import openai
 
-    from slm_swap.clients.hosted import describe_api_error
+    from slm_swap.llm.hosted import describe_api_error
 
     cause = exc.__cause__ or exc
     if isinstance(cause, openai.OpenAIError):

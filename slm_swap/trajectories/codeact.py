@@ -26,16 +26,14 @@ from typing import Any, Callable
 from smolagents import CodeAgent, LogLevel, Tool
 from smolagents.agents import EMPTY_PROMPT_TEMPLATES, PromptTemplates
 from smolagents.memory import ActionStep
-from smolagents.models import MessageRole, get_clean_message_list, tool_role_conversions
+from smolagents.models import MessageRole
 
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import canonical_json
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import canonical_json
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, plain_messages  # noqa: F401 (the agent's budget, re-exported)
 
 DEFAULT_MAX_STEPS = 4
 DEFAULT_TOOLS = "slm_swap.trajectories.codeact:simulated_tools"
-# New tokens per model turn, unless a capture says otherwise (`--max-turn-tokens`; the eval uses the
-# capture's): a CodeAct step is a thought and a block of code, longer than a single-call answer.
-AGENT_MAX_NEW_TOKENS = 512
 CODE_OPEN, CODE_CLOSE = "<code>", "</code>"  # smolagents' default code tags
 # What the code prints reaches the model as its next observation: smolagents' default (50,000
 # characters) lets one `print` in a loop fill a small model's context; a tool result needs far less.
@@ -233,13 +231,6 @@ def solve(model: Any, task: str, functions: list[dict[str, Any]], *, max_steps: 
     finished = any(step["is_final_answer"] for step in steps)
     return AgentRun(steps=steps, messages=conversation(agent), finished=finished, state=result.state,
                     final_answer=_plain(result.output) if finished else None, tool_calls=list(calls))
-
-
-def plain_messages(messages: list[Any]) -> list[dict[str, str]]:
-    """smolagents messages as plain chat messages (roles converted, consecutive same-role messages
-    merged, text flattened), through smolagents' own message builder: what a chat template renders."""
-    messages = get_clean_message_list(messages, role_conversions=tool_role_conversions, flatten_messages_as_text=True)
-    return [{"role": str(getattr(m["role"], "value", m["role"])), "content": m["content"]} for m in messages]
 
 
 def conversation(agent: CodeActAgent) -> list[dict[str, str]]:

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slm_swap.errors import SlmSwapError
-from slm_swap.fileio import read_lines
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_lines
 
 REQUIRED = {
     "request_id": str, "task": str, "tools": list, "gold": dict, "steps": list, "messages": list,

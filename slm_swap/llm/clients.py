@@ -1,0 +1,31 @@
+"""Model clients. Both kinds answer `complete(messages_list)` with `Completion`s as they finish:
+`hosted` (the openai SDK, Azure or any OpenAI-compatible URL) and `local` (transformers).
+`build_client` picks one for `--model-kind azure|slm`, importing only the kind asked for."""
+
+from __future__ import annotations
+
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.llm.completion import EVAL_BATCH_SIZE
+
+
+def check_model_kind(kind: str, *, adapter=None, load_in_4bit: bool | None = None) -> None:
+    """`--model-kind` and the flags that apply to the SLM only, checked before anything is built."""
+    if kind not in ("azure", "slm"):
+        raise SlmSwapError(f"unknown model kind {kind!r}: expected azure or slm")
+    if kind == "azure" and adapter is not None:
+        raise SlmSwapError("--adapter applies to --model-kind slm only")
+    if kind == "azure" and load_in_4bit is not None:
+        raise SlmSwapError("--load-in-4bit applies to --model-kind slm only")
+
+
+def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
+                 max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE, load_in_4bit: bool | None = None):
+    """The client for `--model-kind azure|slm` (heavy imports only for the kind asked for)."""
+    check_model_kind(kind, adapter=adapter, load_in_4bit=load_in_4bit)
+    if kind == "azure":
+        from slm_swap.llm.hosted import HostedClient
+
+        return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
+    from slm_swap.llm.local import load_local_model
+
+    return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)

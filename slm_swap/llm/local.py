@@ -1,0 +1,414 @@
+"""The local SLM through transformers: greedy decoding, batched, with optional LoRA adapters.
+
+On CUDA the model loads in 4-bit (bitsandbytes NF4) with `device_map="auto"`, so it shards across
+every visible GPU; on CPU it loads in full precision unless 4-bit is asked for (`--load-in-4bit`),
+which bitsandbytes runs on CPU too. Batches are left-padded and formed from
+prompts of similar length (sorted), and results come back tagged with their input index, so
+batching changes speed, not outputs (in full precision; a 4-bit model's batched matmuls can round
+differently from one-at-a-time ones and flip a near-tie). One process loads a checkpoint once (`load_local_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_json
+from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, Completion
+from slm_swap.llm.quantization import nf4_config, require_bitsandbytes, resolve_quantization
+
+BASE = None  # adapter name meaning "no adapter"
+DEFAULT = "<default>"  # the model's `default_adapter` (BASE unless set)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+
+
+class LocalModel:
+    kind = "slm"
+
+    def __init__(self, model_path: Path, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
+                 load_in_4bit: bool | None = None):
+        """`load_in_4bit`: NF4 through bitsandbytes; None (the default) means 4-bit with CUDA and
+        full precision on CPU."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_path = Path(model_path)
+        if not (model_path / "config.json").is_file():
+            raise SlmSwapError(
+                f"SLM_MODEL_PATH {model_path}: no checkpoint there (config.json missing); "
+                "run `slm-swap models fetch` for the embedded model"
+            )
+        cuda = torch.cuda.is_available()
+        self.quantization = resolve_quantization(load_in_4bit)
+        if self.quantization:
+            require_bitsandbytes("--load-in-4bit", "load the model in full precision with --no-load-in-4bit")
+        self.model_path = model_path
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"  # decoder-only: pad before the prompt
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.quantization:  # with CUDA, sharded over every visible GPU
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, quantization_config=nf4_config(cuda), device_map="auto" if cuda else "cpu"
+            )
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model.eval()
+        self.adapters: dict[str, Path] = {}
+        self.default_adapter: str | None = BASE
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids.add(self.tokenizer.eos_token_id)
+
+    @property
+    def identity(self) -> str:
+        return local_identity(self.model_path, self.quantization)
+
+    def close(self) -> None:
+        """Nothing to release: one loaded model serves every eval in the process (`load_local_model`)."""
+
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens (prompt + completion) the model takes: its position limit, else the
+        tokenizer's declared maximum; None when neither says."""
+        config = self.model.config.get_text_config()
+        for name in ("max_position_embeddings", "n_positions"):
+            if isinstance(value := getattr(config, name, None), int) and value > 0:
+                return value
+        declared = self.tokenizer.model_max_length  # transformers' "unknown" is a huge placeholder
+        return declared if isinstance(declared, int) and 0 < declared < 10**8 else None
+
+    @property
+    def adapter_path(self) -> Path | None:
+        return self.adapters.get(self.default_adapter) if self.default_adapter else None
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        """Load a PEFT LoRA adapter under `name` (kept in memory beside the others)."""
+        from peft import PeftModel
+
+        path = Path(path)
+        check_adapter(path)
+        try:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+        except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:  # e.g. shapes of another base model
+            raise SlmSwapError(f"--adapter {path}: cannot be applied to {self.model_path}: {_first_line(exc)}") from None
+        self.model.eval()
+        self.adapters[name] = path
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
+                 stop: list[list[str]] | None = None) -> list[Generation]:
+        """Greedy continuations of rendered prompts, decoded together, in input order."""
+        finished = dict(self.stream(prompts, adapter, max_new_tokens, stop))
+        return [finished[index] for index in range(len(prompts))]
+
+    def stream(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
+               stop: list[list[str]] | None = None) -> Iterator[tuple[int, Generation]]:
+        """(index in `prompts`, generation) as each prompt finishes; all decoded together (see `greedy_decode`).
+        `stop[i]`: strings that end prompt i's generation once its text contains one (the text keeps
+        it: callers cut there, as OpenAI's `stop` does); otherwise only end-of-turn tokens end it."""
+        rows = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        with self._using(adapter):
+            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids,
+                                    self._stop_check(stop) if stop and any(stop) else None)
+            for index, tokens, reason in decoded:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                yield index, Generation(text, len(rows[index]), len(tokens), reason)
+
+    def _stop_check(self, stop: list[list[str]]) -> Callable[[int, list[int]], bool]:
+        """Whether row i's newest tokens complete one of its stop strings. Only the tail is decoded:
+        every token spells at least one character, so a stop string lies within its last
+        len(stop) + 1 tokens (one more for a token it shares with the text before)."""
+        windows = [max(map(len, strings), default=0) + 1 for strings in stop]
+
+        def check(row: int, tokens: list[int]) -> bool:
+            if not stop[row]:
+                return False
+            tail = self.tokenizer.decode(tokens[-windows[row]:], skip_special_tokens=True)
+            return any(string in tail for string in stop[row])
+
+        return check
+
+    @contextlib.contextmanager
+    def _using(self, adapter: str | None):
+        """The named adapter active (BASE: none) for the duration."""
+        if adapter == DEFAULT:
+            adapter = self.default_adapter
+        if self.adapters and adapter is BASE:
+            with self.model.disable_adapter():
+                yield
+            return
+        if adapter is not BASE:
+            if adapter not in self.adapters:
+                raise SlmSwapError(f"unknown adapter {adapter!r}")
+            self.model.set_adapter(adapter)
+        yield
+
+    @torch.inference_mode()
+    def reference_generate(self, prompt: str, max_new_tokens: int | None = None) -> str:
+        """One prompt through transformers' own `generate`: what `generate` must reproduce
+        (used by the parity test and bench/eval_throughput.py)."""
+        batch = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        output = self.model.generate(
+            **batch, do_sample=False, max_new_tokens=max_new_tokens or self.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        tokens = output[0, batch["input_ids"].shape[1] :].tolist()
+        ends = [position for position, token in enumerate(tokens) if token in self.stop_ids]
+        return self.tokenizer.decode(tokens[: ends[0]] if ends else tokens, skip_special_tokens=True)
+
+    def complete(self, messages_list: list[list[dict[str, str]]], adapter: str | None = DEFAULT) -> Iterator[Completion]:
+        """Completions as they finish, in batches of similar-length prompts, shortest first. Each
+        carries its input index and, as latency, the time since its batch started."""
+        prompts = [self.render(messages) for messages in messages_list]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            started = time.perf_counter()
+            for position, generation in self.stream([prompts[i] for i in chunk], adapter):
+                yield Completion(chunk[position], generation.text, None, time.perf_counter() - started,
+                                 self.model_path.name, generation.prompt_tokens, generation.completion_tokens)
+
+
+def local_identity(model_path: Path, quantization: str | None) -> str:
+    """The checkpoint, and how it was loaded when not in full precision (the outputs differ)."""
+    return f"{model_path} ({quantization})" if quantization else str(model_path)
+
+
+def check_adapter(path: Path) -> None:
+    """A PEFT adapter folder with a valid config and readable weights, checked without loading
+    any model, so a broken adapter is refused before the base model's long load."""
+    from peft import PeftConfig
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise SlmSwapError(f"--adapter {path}: not a PEFT adapter (adapter_config.json missing)")
+    read_json(config_file, "adapter config")  # invalid JSON: one line naming the file
+    try:
+        config = PeftConfig.from_pretrained(path)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SlmSwapError(f"{config_file}: not a valid PEFT adapter config ({_first_line(exc)})") from None
+    if config.peft_type is None:
+        raise SlmSwapError(f"{config_file}: not a valid PEFT adapter config (no 'peft_type')")
+    weights = path / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(weights, framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise SlmSwapError(f"{weights}: adapter weights are not a readable safetensors file ({_first_line(exc)})") from None
+    elif not (path / "adapter_model.bin").is_file():
+        raise SlmSwapError(f"--adapter {path}: no adapter weights (adapter_model.safetensors missing)")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error on one line, cut to a readable length (state-dict errors run to pages)."""
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+
+
+@functools.lru_cache(maxsize=2)
+def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE,
+                     load_in_4bit: bool | None = None) -> LocalModel:
+    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default.
+    Settings and the adapter are checked before the base model is loaded."""
+    if batch_size < 1:
+        raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
+    if adapter is not None:
+        check_adapter(adapter)
+    model = LocalModel(model_path, batch_size=batch_size, load_in_4bit=load_in_4bit)
+    if adapter is not None:
+        model.add_adapter("adapter", adapter)
+        model.default_adapter = "adapter"
+    return model
+
+
+# Greedy decoding for a batch of prompts, written out instead of `model.generate` so that batching
+# costs no extra compute. Each row's result equals a one-at-a-time `model.generate(do_sample=False)`
+# (tests/test_local_serve.py and bench/eval_throughput.py check this on the embedded model):
+# - the prompts' common token prefix (chat header, system prompt, instructions) is encoded once;
+# - the rest of each prompt is encoded in small groups of similar length, so little compute goes
+#   to padding, straight into the rows' slots of one cache preallocated for the whole generation;
+# - all rows then decode together, writing in place (no per-step concatenation), and finished
+#   rows leave the batch instead of running until the longest row ends.
+# Attention is over the whole prompt; models whose sliding window is shorter than a prompt plus
+# its completion would need `model.generate` instead.
+
+PREFILL_GROUP = 8  # prompts encoded together: enough to batch the matmuls, few enough to pad little
+
+
+@torch.inference_mode()
+def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
+                  should_stop: Callable[[int, list[int]], bool] | None = None) -> Iterator[tuple[int, list[int], str]]:
+    """(row index, completion token ids without the stop token, "stop" | "length") for each
+    prompt row, as each finishes. `should_stop(row, tokens so far)` can end a row early ("stop")."""
+    device = model.device
+    shared = _shared_prefix_length(rows)
+    prefix = DynamicCache()
+    if shared:
+        model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=prefix, use_cache=True, logits_to_keep=1)
+    in_batch = sorted(range(len(rows)), key=lambda row: len(rows[row]))  # the row at each batch position
+    # Every row's prompt ends at column `width`. A group's rows hold [prefix][padding][own tokens]
+    # from column `start` on; the mask hides the padding and everything left of `start`.
+    width = max(map(len, rows))
+    capacity = width + limit
+    mask = torch.zeros((len(rows), capacity), dtype=torch.long, device=device)
+    starts = []  # first used column of each batch position
+    layers: list[_PreallocatedLayer] = []
+    first_tokens = []
+    for first in range(0, len(rows), PREFILL_GROUP):
+        group = range(first, min(first + PREFILL_GROUP, len(rows)))
+        suffixes = [rows[in_batch[position]][shared:] for position in group]
+        group_width = max(map(len, suffixes))
+        start = width - shared - group_width
+        input_ids = torch.zeros((len(group), group_width), dtype=torch.long, device=device)
+        for i, suffix in enumerate(suffixes):
+            input_ids[i, group_width - len(suffix) :] = torch.tensor(suffix, device=device)
+            mask[first + i, start : start + shared] = 1
+            mask[first + i, width - len(suffix) : width] = 1
+        group_mask = mask[first : first + len(group), start:width]
+        cache = Cache(layers=[layer.slot(group, start) for layer in layers]) if layers else DynamicCache()
+        for index, layer in enumerate(prefix.layers):
+            cache.update(layer.keys.expand(len(group), -1, -1, -1), layer.values.expand(len(group), -1, -1, -1), index)
+        logits = model(
+            input_ids=input_ids, attention_mask=group_mask,
+            position_ids=(group_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits
+        first_tokens += logits[:, -1].argmax(-1).tolist()
+        if not layers:  # the first group shows the cache's shapes and dtype
+            layers = [_PreallocatedLayer.allocate(layer, len(rows), capacity) for layer in cache.layers]
+            for layer, filled in zip(layers, cache.layers):
+                layer.slot(group, start).update(filled.keys, filled.values)
+        for layer in layers:
+            layer.clear(group, mask[first : first + len(group), :width])
+        starts += [start] * len(group)
+    for layer in layers:
+        layer.length = width
+        layer.expose()
+    cache = Cache(layers=layers)
+    positions = torch.tensor([[len(rows[row])] for row in in_batch], device=device)
+    tokens = torch.tensor(first_tokens, device=device)
+    outputs: list[list[int]] = [[] for _ in rows]
+    reasons: list[str | None] = [None] * len(rows)
+    for _ in range(limit):
+        for position, token in enumerate(tokens.tolist()):
+            row = in_batch[position]
+            if reasons[row] is not None:
+                continue
+            if token in stop_ids:
+                reasons[row] = "stop"
+            else:
+                outputs[row].append(token)
+                if should_stop is not None and should_stop(row, outputs[row]):
+                    reasons[row] = "stop"
+                elif len(outputs[row]) == limit:
+                    reasons[row] = "length"
+            if reasons[row] is not None:
+                yield row, outputs[row], reasons[row]
+        live = [position for position, row in enumerate(in_batch) if reasons[row] is None]
+        if not live:
+            break
+        # Dropping rows copies the cache, so it waits until a quarter of the batch has finished;
+        # until then finished rows are computed and ignored.
+        if len(live) <= len(in_batch) * 3 // 4:
+            keep = torch.tensor(live, device=device)
+            in_batch = [in_batch[position] for position in live]
+            # Columns left of every remaining row need not be read any more.
+            padding = min(starts[position] for position in live)
+            starts = [starts[position] - padding for position in live]
+            for layer in layers:
+                layer.select_rows(keep, padding)
+            mask, positions, tokens = mask[keep, padding:], positions[keep], tokens[keep]
+        length = layers[0].length
+        mask[:, length] = 1
+        logits = model(
+            input_ids=tokens[:, None], attention_mask=mask[:, : length + 1], position_ids=positions,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits
+        tokens = logits[:, -1].argmax(-1)
+        positions = positions + 1
+
+
+def _shared_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    limit = min(map(len, rows)) - 1
+    length = 0
+    while length < limit and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """One layer's keys and values in a buffer sized for the whole generation: each decode step
+    writes in place, where `DynamicLayer` concatenates and so copies the whole cache every step."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.buffer_keys, self.buffer_values, self.length = keys, values, length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.expose()
+
+    @classmethod
+    def allocate(cls, like: DynamicLayer, batch: int, capacity: int) -> "_PreallocatedLayer":
+        _, heads, _, dim = like.keys.shape
+        return cls(like.keys.new_empty((batch, heads, capacity, dim)), like.values.new_empty((batch, heads, capacity, dim)), 0)
+
+    def slot(self, rows: range, start: int) -> "_PreallocatedLayer":
+        """Rows `rows` from column `start` on, as a cache of their own writing into this buffer."""
+        return _PreallocatedLayer(
+            self.buffer_keys[rows.start : rows.stop, :, start:], self.buffer_values[rows.start : rows.stop, :, start:], 0
+        )
+
+    def clear(self, rows: range, mask: torch.Tensor) -> None:
+        """Zero the masked-out entries of `rows`: attention ignores them but still multiplies them
+        by zero, so they must not be left as NaN (uninitialised, or computed from padding)."""
+        hidden = (mask == 0)[:, None, :, None].to(self.buffer_keys.device)  # layers may sit on other GPUs
+        for buffer in (self.buffer_keys, self.buffer_values):
+            region = buffer[rows.start : rows.stop, :, : mask.shape[1]]
+            region.masked_fill_(hidden, 0)
+
+    def expose(self) -> None:
+        self.keys = self.buffer_keys[:, :, : self.length]
+        self.values = self.buffer_values[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[2]
+        self.buffer_keys[:, :, self.length : self.length + new] = key_states
+        self.buffer_values[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self.expose()
+        return self.keys, self.values
+
+    def select_rows(self, rows: torch.Tensor, drop_columns: int) -> None:
+        """Keep only `rows`, without the first `drop_columns` columns (a copy, unlike slicing)."""
+        rows = rows.to(self.buffer_keys.device)
+        self.buffer_keys = self.buffer_keys[rows, :, drop_columns:]
+        self.buffer_values = self.buffer_values[rows, :, drop_columns:]
+        self.length -= drop_columns
+        self.expose()

@@ -1,0 +1,99 @@
+"""The fine-tuning entry point for `accelerate launch` (one process per GPU, or one on CPU):
+
+    accelerate launch --config_file accelerate_config/phi4_4gpu.yaml -m slm_swap.train \\
+        --track structured --train slm_swap/02_dataset/structured/train.jsonl \\
+        --val slm_swap/02_dataset/structured/val.jsonl --out slm_swap/04_ft/adapter_structured
+
+The base model is SLM_MODEL_PATH (the embedded model by default). Settings are the seed's fixed
+QLoRA settings (`slm_swap.train.hyperparams`), with the track's batch size unless `--batch-size`
+says otherwise. `slm-swap train` runs this for you.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slm_swap.core.tracks import TRACKS
+from slm_swap.infra.errors import SlmSwapError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch).")
+    parser.add_argument("--track", required=True, choices=tuple(TRACKS),
+                        help="agent: conversation rows of `slm-swap build`, loss on the assistant turns only")
+    parser.add_argument("--train", required=True, help="train split JSONL")
+    parser.add_argument("--val", required=True, help="validation split JSONL")
+    parser.add_argument("--out", required=True, help="adapter folder, e.g. slm_swap/04_ft/adapter_<track>")
+    parser.add_argument("--backend", default="auto", choices=("auto", "unsloth", "bnb", "cpu"),
+                        help="auto: unsloth on CUDA if installed, else bitsandbytes on CUDA, else cpu (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <out>.checkpoints/")
+    parser.add_argument("--sampling", default="group_by_length", choices=("group_by_length", "random"),
+                        help="batch formation (default: %(default)s)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32 for the "
+                             "same numbers on every CPU (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
+    parser.add_argument("--batch-size", type=int, help="rows per device per optimizer step (default: the track's: "
+                        + ", ".join(f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
+    parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        manifest = _train(args)
+    except SlmSwapError as exc:
+        print(f"slm_swap.train: error: {exc}", file=sys.stderr)
+        return 2
+    if manifest is None:  # not the main process: it has nothing to report
+        return 0
+    print(
+        f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
+        f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
+        f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']} seed={manifest['seed']} "
+        f"deterministic={manifest['determinism']['deterministic']} ({manifest['determinism']['device']})"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> dict | None:
+    import os
+
+    from slm_swap.infra.config import load_settings
+    from slm_swap.infra.tracing import NullTracer, check_tracing_settings, open_tracer, trace_url
+    from slm_swap.train.hyperparams import hyperparams_for
+    from slm_swap.train.run import TrainRequest, trace_input, train
+
+    settings = load_settings()
+    check_tracing_settings(settings)  # on every rank, before any work
+    main_process = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch; one trace per run
+    request = TrainRequest(
+        track=args.track,
+        train_path=Path(args.train),
+        val_path=Path(args.val),
+        out_dir=Path(args.out),
+        model_path=Path(settings.slm_model_path),
+        backend=args.backend,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        sampling=args.sampling, precision=args.precision,
+        max_steps=args.max_steps,
+        save_steps=args.save_steps,
+        hp=hyperparams_for(args.track, args.batch_size),
+    )
+    metadata = {"command": "train", "prefect_flow_run_id": settings.prefect_flow_run_id}
+    with (open_tracer(settings) if main_process else NullTracer()) as tracer:
+        with tracer.run(f"train {args.track}", input=trace_input(request), metadata=metadata) as run:
+            manifest = train(request, trace=run)
+        tracer.flush()
+    if not main_process:
+        return None
+    if run.trace_id:
+        url = trace_url(settings, run.trace_id)
+        print(f"langfuse trace (train): {run.trace_id}" + (f" {url}" if url else ""), file=sys.stderr)
+    return manifest
+
