@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from openai_stub import OpenAIStub  # noqa: E402
 from slm_swap.app.cli import main as cli  # noqa: E402
 from slm_swap.data.examples import load_rows  # noqa: E402
-from slm_swap.llm.embedded import build_tiny_model, fetch_embedded_model  # noqa: E402
+from slm_swap.llm.embedded import fetch_embedded_model  # noqa: E402
+from slm_swap.llm.tiny_model import build_tiny_model  # noqa: E402
 
 TRACKS = ("structured", "toolcall")
 
@@ -51,6 +52,7 @@ def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
     from slm_swap.infra.config import load_settings
     from slm_swap.evaluation.rows import default_out_path
     from slm_swap.app.report import TrackReport, write_report
+    from slm_swap.app.requests import EvalRequest
     from slm_swap.app.runs import traced_compare, traced_eval
 
     settings = load_settings()
@@ -59,8 +61,8 @@ def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
         paths, documents = {}, {}
         for kind in ("azure", "slm"):
             paths[kind] = default_out_path(eval_dir, track, kind, "test", None)
-            documents[kind] = traced_eval(settings, track=track, split="test", data_dir=data_dir, out=paths[kind],
-                                          model_kind=kind, limit=limit, progress="off")
+            request = EvalRequest(track=track, model_kind=kind, split="test", data_dir=data_dir, limit=limit)
+            documents[kind] = traced_eval(settings, request, out=paths[kind], progress="off")
         decision = traced_compare(settings, track=track, reference_path=paths["azure"], candidate_path=paths["slm"], delta=0.01)
         reports.append(TrackReport(track, documents["azure"], documents["slm"], decision))
     write_report(reports, eval_dir)
@@ -68,7 +70,7 @@ def direct(data_dir: Path, eval_dir: Path, limit: int) -> None:
 
 def pipeline(data_dir: Path, eval_dir: Path, limit: int) -> None:
     from flows.pipeline import run_pipeline
-    from slm_swap.app.pipeline import PipelineConfig
+    from slm_swap.app.flow_configs import PipelineConfig
 
     run_pipeline(PipelineConfig(tracks=list(TRACKS), data_dir=data_dir, eval_dir=eval_dir, ft_dir=WORK / "04_ft",
                                 limit=limit, finetune="never", reuse_max_age_hours=0))

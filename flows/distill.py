@@ -24,8 +24,10 @@ from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
 from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
-from slm_swap.app.distill import DistillConfig, data_preface, pipeline_config
-from slm_swap.app.pipeline import adapter_dir, needs_training
+from slm_swap.app.distill import data_preface, pipeline_config
+from slm_swap.app.flow_configs import DistillConfig
+from slm_swap.app.finetune_step import adapter_dir
+from slm_swap.app.pipeline import needs_training
 from slm_swap.app.report import TrackReport
 from slm_swap.infra.config import load_settings
 from tasks import build_dataset, build_report, capture_trajectories, compare, eval_hosted, eval_slm, filter_trajectories

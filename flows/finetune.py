@@ -20,7 +20,9 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from flows.runtime import add_trace_tags, deployment_available, gpu_tagged
-from slm_swap.app.pipeline import PipelineConfig, Track, adapter_dir, read_adapter_manifest, training_plan
+from slm_swap.app.finetune_step import adapter_dir, read_adapter_manifest, training_plan
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.requests import Track
 from slm_swap.infra.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR
 from tasks.train import train_adapter
 

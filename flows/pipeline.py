@@ -4,7 +4,7 @@
     prefect deployment run 'slm-swap-pipeline/nightly' --watch            # a deployment on a server
 
     from flows.pipeline import slm_swap_pipeline
-    from slm_swap.app.pipeline import PipelineConfig
+    from slm_swap.app.flow_configs import PipelineConfig
     slm_swap_pipeline(PipelineConfig(tracks=["toolcall"], limit=4))
 
 Graph: `eval-hosted-<track>` tasks run side by side (hosted requests); `eval-slm-<track>` tasks run one
@@ -26,7 +26,9 @@ from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
 from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
-from slm_swap.app.pipeline import PipelineConfig, adapter_dir, needs_training
+from slm_swap.app.finetune_step import adapter_dir
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.pipeline import needs_training
 from slm_swap.app.report import TrackReport
 from slm_swap.infra.config import load_settings
 from tasks import build_report, compare, eval_hosted, eval_slm, prepare_data

@@ -7,7 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.app.pipeline import PipelineConfig, prepare_dataset
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.pipeline import prepare_dataset
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE)

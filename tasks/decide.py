@@ -7,7 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.app.pipeline import EvalOutcome, PipelineConfig, compare_step
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.pipeline import EvalOutcome, compare_step
 from slm_swap.core.compare import Decision, format_decision
 from slm_swap.infra.config import load_settings
 

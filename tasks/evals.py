@@ -16,7 +16,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.app.pipeline import EvalOutcome, PipelineConfig, retryable, run_eval_step
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.pipeline import EvalOutcome, retryable, run_eval_step
 from slm_swap.infra.config import load_settings
 
 

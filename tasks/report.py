@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.app.pipeline import PipelineConfig
+from slm_swap.app.flow_configs import PipelineConfig
 from slm_swap.app.report import TrackReport, summary, table_rows, write_report
 from slm_swap.infra.config import load_settings
 from slm_swap.infra.tracing import comparison_url, trace_url

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect_shell import ShellOperation
 
-from slm_swap.app.pipeline import TrainingPlan, read_adapter_manifest, reusable_adapter, training_command, training_env
+from slm_swap.app.finetune_step import TrainingPlan, read_adapter_manifest, reusable_adapter, training_command, training_env
 from slm_swap.infra.config import load_settings
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from slm_swap.app.distill import DistillConfig, build_step, capture_step, filter_step
+from slm_swap.app.distill import build_step, capture_step, filter_step
+from slm_swap.app.flow_configs import DistillConfig
 from slm_swap.infra.config import load_settings
 
 

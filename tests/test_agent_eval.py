@@ -171,7 +171,7 @@ def test_the_distill_flow_end_to_end(prefect_api, bfcl_rows, tiny_model_dir, tmp
     """capture -> filter -> build -> agent evals -> compare -> fine-tune (the student trails) ->
     re-eval -> compare -> report, under a real Prefect API, every Langfuse trace id a tag."""
     from flows.distill import run_distill
-    from slm_swap.app.distill import DistillConfig
+    from slm_swap.app.flow_configs import DistillConfig
     from slm_swap.train.launch import CPU_CONFIG
     from slm_swap.train.run import MANIFEST
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import error_lines
 from slm_swap.app.cli import main
 from slm_swap.core.compare import MetricRow, mcnemar_exact, parse_delta
-from slm_swap.core.metrics import score_example
 from slm_swap.core.results import metrics_document
+from slm_swap.core.tracks import get_track
 from slm_swap.data.examples import structured_completion, toolcall_completion
 from slm_swap.infra.fileio import jsonl_text, write_json
 
@@ -22,7 +22,8 @@ DATASET = {"path": "toolcall/test.jsonl", "sha256": "ab" * 32}
 
 def eval_file(tmp_path: Path, name: str, track: str, outputs: list[str], dataset=DATASET, split="test") -> Path:
     records = [
-        {"index": i, "output": out, **score_example(track, out, GOLD[track])} for i, out in enumerate(outputs)
+        {"index": i, "output": out, **get_track(track).score({"output": out, "completion": GOLD[track]})}
+        for i, out in enumerate(outputs)
     ]
     path = tmp_path / f"{name}.json"
     (tmp_path / f"{name}.records.jsonl").write_text(jsonl_text(records))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slm_swap.core.metrics import bootstrap_interval, score_example, summarize
+from slm_swap.core.metrics import bootstrap_interval, summarize
+from slm_swap.core.tracks import get_track
 from slm_swap.data.examples import structured_completion, toolcall_completion
 
 ARGS = {"city": "Zürich", "filters": {"tags": ["café", "bar"], "open": True}, "limit": 3}
@@ -13,11 +14,11 @@ GOLD_T = toolcall_completion("find_places", ARGS)
 
 
 def s(output):
-    return score_example("structured", output, GOLD_S)
+    return get_track("structured").score({"output": output, "completion": GOLD_S})
 
 
 def t(output):
-    return score_example("toolcall", output, GOLD_T)
+    return get_track("toolcall").score({"output": output, "completion": GOLD_T})
 
 
 def test_structured_exact_ignores_key_order_whitespace_and_escapes():
@@ -81,9 +82,13 @@ def test_ast_match_is_scored_only_with_possible_answers():
         "city": {"type": "string"}, "filters": {"type": "dict", "properties": {"tags": {"type": "array", "items": {"type": "string"}}, "open": {"type": "boolean"}}},
         "limit": {"type": "integer"}}}}]
     output = '<tool_call name="find_places">{"city": "Zurich", "filters": {"tags": ["café", "bar"], "open": true}}</tool_call>'
-    record = score_example("toolcall", output, GOLD_T, answer, functions)
-    assert record["args_exact"] is False and record["args_ast_match"] is True
+    # The record as the row eval holds it: the row, its line of answers.jsonl, the model's output.
+    row = {"prompt": "find a café in Zurich", "completion": GOLD_T}
+    record = get_track("toolcall").score({**row, "possible_answer": answer, "functions": functions, "output": output})
+    assert record == {"parsed": {"name": "find_places", "arguments": {"city": "Zurich", "filters": {"tags": ["café", "bar"], "open": True}}},
+                      "valid_call": True, "name_match": True, "args_exact": False, "args_ast_match": True}
     assert "args_ast_match" not in t(output)
+    assert "args_ast_match" not in get_track("toolcall").score({**row, "possible_answer": None, "output": output})
 
 
 def test_summarize_rates_and_intervals():

@@ -29,21 +29,10 @@ from slm_swap.core.compare import Decision, MetricRow  # noqa: E402
 from slm_swap.data.examples import load_rows  # noqa: E402
 from slm_swap.infra.errors import SlmSwapError  # noqa: E402
 from slm_swap.infra.fileio import sha256_file, write_json  # noqa: E402
-from slm_swap.app.pipeline import (  # noqa: E402
-    DataSource,
-    PipelineConfig,
-    TrainingPlan,
-    merge_tags,
-    needs_training,
-    plan_eval,
-    retryable,
-    reusable_adapter,
-    stamp_path_for,
-    trace_tags,
-    training_command,
-    training_env,
-)
-from slm_swap.app.report import TrackReport, decisions_text, markdown, table_rows, write_report  # noqa: E402
+from slm_swap.app.finetune_step import TrainingPlan, reusable_adapter, training_command, training_env  # noqa: E402
+from slm_swap.app.flow_configs import DataSource, PipelineConfig  # noqa: E402
+from slm_swap.app.pipeline import merge_tags, needs_training, plan_eval, retryable, stamp_path_for, trace_tags  # noqa: E402
+from slm_swap.app.report import TrackReport, decisions_text, markdown, story, table_rows, write_report  # noqa: E402
 from slm_swap.train.launch import CPU_CONFIG  # noqa: E402
 
 SECRET_KEY = "sk-lf-pipeline-SECRET-5c1e"
@@ -186,8 +175,11 @@ def test_report_rows_markdown_and_chart(tmp_path):
     assert rows[-1]["slm_ft"] is None and rows[-1]["fine_tune"] == 0 and rows[-1]["fine_tune_after"] is None
     text = markdown([trained, skipped], flow_run_id="run-9", trace_url=lambda i: f"https://lf/trace/{i}")
     assert "Prefect flow run: `run-9`" in text
-    assert "## toolcall: FINE_TUNE=1, fine-tuned: the fine-tuned SLM keeps up (FINE_TUNE=0)" in text
-    assert "## structured: SLM keeps up: FINE_TUNE=0" in text
+    assert "## toolcall: FINE_TUNE=1: the SLM trailed; fine-tuned, it keeps up (FINE_TUNE=0)" in text
+    assert "## structured: FINE_TUNE=0: the SLM keeps up" in text
+    assert "- valid_call_rate: the hosted model passes 4/4, the SLM 2/4, the fine-tuned SLM 4/4: fine-tuning won back " \
+           "all 2 rows it was behind" in text
+    assert "no fine-tune is needed (FINE_TUNE=0)" in text and "STAND-IN" not in text
     assert "| valid_call_rate | 1.000 | 0.500 | +0.500 | 1.000 | +0.000 |" in text
     for trace_id in ("t-h", "t-s", "t-c", "t-train", "t-ft", "t-c2"):
         assert f"[{trace_id}](https://lf/trace/{trace_id})" in text
@@ -202,13 +194,55 @@ def test_report_rows_markdown_and_chart(tmp_path):
     assert summary["tracks"]["toolcall"]["langfuse_trace_ids"]["train"] == "t-train"
 
 
+def _story_report(hosted: int, slm: int, tuned: int | None, identity: str) -> TrackReport:
+    """A toolcall track on n=24 where only args_exact differs: hosted, SLM and fine-tuned passes."""
+    def rows(candidate: int) -> list[MetricRow]:
+        return [MetricRow("valid_call_rate", True, 24, 24, 24, None), MetricRow("name_match_rate", True, 24, 24, 24, None),
+                MetricRow("args_exact_rate", True, hosted, candidate, 24, None)]
+    hosted_doc = {**_metrics("toolcall", {}, None), "model": {"kind": "azure", "identity": identity}}
+    first = Decision("toolcall", Fraction("0.01"), rows(slm), 24)
+    if tuned is None:
+        return TrackReport("toolcall", hosted_doc, {}, first)
+    return TrackReport("toolcall", hosted_doc, {}, first, True, {}, {}, Decision("toolcall", Fraction("0.01"), rows(tuned), 24))
+
+
+@pytest.mark.parametrize(("hosted", "slm", "tuned", "expected"), [
+    (20, 0, 17, "the SLM 0/24, the fine-tuned SLM 17/24: fine-tuning won back 17 of the 20 rows it was behind"),
+    (20, 5, 3, "the SLM 5/24, the fine-tuned SLM 3/24: fine-tuning won back none of the 15 rows it was behind and lost 2"),
+    (20, 5, 22, "the SLM 5/24, the fine-tuned SLM 22/24: fine-tuning won back all 15 rows it was behind and 2 more"),
+    (20, 5, None, "the SLM 5/24"),
+])
+def test_report_says_in_words_how_much_of_the_gap_fine_tuning_closed(hosted, slm, tuned, expected):
+    report = _story_report(hosted, slm, tuned, "azure:gpt-4o@example.openai.azure.com")
+    headline, *lines = story(report)
+    assert headline.startswith("toolcall (24 test rows): the SLM trails the hosted model by more than delta=0.01 on "
+                               "args_exact_rate, so the gate said fine-tune (FINE_TUNE=1).")
+    assert lines[2] == f"args_exact_rate: the hosted model passes {hosted}/24, {expected}"
+    assert lines[0] == "valid_call_rate: the hosted model passes 24/24, the SLM 24/24" + (
+        "" if tuned is None else ", the fine-tuned SLM 24/24: there was no gap to close (+0 rows)")
+    if tuned is None:
+        assert headline.endswith("This run did not fine-tune (--finetune never).")
+    else:
+        assert headline.endswith("(FINE_TUNE=1)." if tuned < hosted else "After fine-tuning it keeps up (FINE_TUNE=0).")
+
+
+def test_report_names_the_scripted_stand_in_as_not_a_model():
+    report = _story_report(20, 0, 17, "openai-compatible:scripted-stand-in-not-a-model@127.0.0.1:8765")
+    text, printed = markdown([report]), decisions_text([report])
+    note = "The hosted side here is a SCRIPTED STAND-IN, NOT A MODEL (openai-compatible:scripted-stand-in-not-a-model@"
+    assert note in text and note in printed
+    assert text.index(note) < text.index("## toolcall")  # before any number
+    assert "the hosted stand-in passes 20/24, the SLM 0/24, the fine-tuned SLM 17/24" in printed
+    assert "Hosted side: `openai-compatible:scripted-stand-in-not-a-model@127.0.0.1:8765`." in text
+
+
 def test_cli_refuses_a_bad_config_before_any_flow_runs(capsys, tmp_path):
     from slm_swap.app.cli import main
 
     assert main(["pipeline", "--source", "xlam", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert main(["pipeline", "--limit", "0"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "slm-swap: error: pipeline: limit: Input should be greater than or equal to 1"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "slm-swap: error: pipeline: --limit: Input should be greater than or equal to 1"
     assert err[-1] == "slm-swap: error: pipeline: data: source 'xlam' needs dataset_path (the xLAM-60k file)"
 
 
@@ -416,7 +450,7 @@ def test_equal_sides_skip_training_and_a_rerun_reuses_every_eval(prefect_api, xl
         rerun_out = capsys.readouterr().out
         assert len(stub.requests) == asked  # every eval reused
     assert out.splitlines().count("FINE_TUNE=0") == 2 and "FINE_TUNE=1" not in out
-    assert "-> structured: SLM keeps up: FINE_TUNE=0" in out and "-> toolcall: SLM keeps up: FINE_TUNE=0" in out
+    assert "-> structured: FINE_TUNE=0: the SLM keeps up" in out and "-> toolcall: FINE_TUNE=0: the SLM keeps up" in out
     flow_run_id = out.strip().splitlines()[-1].removeprefix("flow run: ")
     assert f"report: {eval_dir / 'report.md'} {eval_dir / 'report.png'}" in out
     assert {p.name: p.read_bytes() for p in eval_dir.glob("*_test.json")} == snapshot

@@ -1,6 +1,9 @@
-"""Tracks as data: every module looks a track up; the agent track scores a trajectory as the filter judges it."""
+"""Tracks as data: every module looks a track up and scores a record the same way; the agent track scores a
+trajectory as the filter judges it."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 
@@ -23,6 +26,12 @@ def trajectory(calls, *, finished=True, errors=(None, None), possible=True, fail
             "finished": finished, "tool_calls": calls, "teacher": "t", "max_steps": 4, "error": failed}
 
 
+def answered(track, output):
+    """A v0 record as the row eval holds it: the row, its line of answers.jsonl, the model's output."""
+    return {"prompt": "hypot of 3 and 4", "completion": TRACKS[track].completion(GOLD["name"], GOLD["arguments"]),
+            "possible_answer": POSSIBLE, "functions": TOOLS, "output": output}
+
+
 def test_every_track_is_one_object_looked_up_by_name():
     assert list(TRACKS) == ["structured", "toolcall", "agent"] and list(ROW_TRACKS) == ["structured", "toolcall"]
     assert get_track("toolcall").core_metrics == ("valid_call_rate", "name_match_rate", "args_exact_rate")
@@ -32,6 +41,28 @@ def test_every_track_is_one_object_looked_up_by_name():
         get_track("chat")
     with pytest.raises(SlmSwapError, match="track 'agent' has no prompt/completion rows"):
         get_row_track("agent")
+    # Callers ask a track what they need to know, never which kind it is.
+    assert [name for name, track in TRACKS.items() if track.runs_as_agent] == ["agent"]
+    assert [name for name, track in TRACKS.items() if track.trains_on_conversations] == ["agent"]
+    assert not any(hasattr(track, "rows") for track in TRACKS.values())
+
+
+def test_every_track_scores_one_record_with_one_signature():
+    right = {"structured": answered("structured", TRACKS["structured"].completion(GOLD["name"], GOLD["arguments"])),
+             "toolcall": answered("toolcall", f" {TRACKS['toolcall'].completion(GOLD['name'], GOLD['arguments'])}\n"),
+             "agent": trajectory([GOLD])}
+    failed = {"structured": answered("structured", None), "toolcall": answered("toolcall", None),
+              "agent": trajectory([], finished=False, errors=(), failed="429")}
+    keys = {"structured": ["json_valid", "exact_match", "args_ast_match"],
+            "toolcall": ["valid_call", "name_match", "args_exact", "args_ast_match"],
+            "agent": ["task_success", "valid_code", "valid_call", "name_match", "args_exact", "args_ast_match"]}
+    for name, track in TRACKS.items():
+        assert list(inspect.signature(track.score).parameters) == ["record"], name
+        passed, refused = track.score(right[name]), track.score(failed[name])
+        assert track.metric_keys([passed, refused]) == keys[name]
+        assert all(passed[key] is True for key in keys[name]) and all(refused[key] is False for key in keys[name]), name
+        with pytest.raises(TypeError):  # the v0 tracks' old signature: score(output, gold_completion, ...)
+            track.score(right[name].get("output"), right[name].get("completion"))
 
 
 def test_row_tracks_write_and_read_their_own_completion_format():

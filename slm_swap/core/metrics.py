@@ -1,5 +1,5 @@
-"""The seed's metrics: each example scored by its track's object (`slm_swap.core.tracks`), then pass
-rates and their bootstrap intervals, as pure functions.
+"""The seed's metrics: each example scored by its track's object (`get_track(name).score(record)`,
+`slm_swap.core.tracks`), then pass rates and their bootstrap intervals, as pure functions.
 
 A model's output is stripped of surrounding whitespace and nothing else: no code-fence removal,
 no JSON repair. An output of `None` is a request that failed; it fails every metric.
@@ -22,17 +22,6 @@ from slm_swap.core.tracks import get_row_track, get_track, parse_structured, par
 def gold_problem(track: str, completion: str) -> str | None:
     """Why a dataset row's gold completion cannot be scored on `track`, or None when it can."""
     return get_row_track(track).gold_problem(completion)
-
-
-def score_example(
-    track: str,
-    output: str | None,
-    gold_completion: str,
-    possible_answer: dict[str, Any] | None = None,
-    functions: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """One example's record: what was parsed and pass/fail per metric (keys without `_rate`)."""
-    return get_row_track(track).score(output, gold_completion, possible_answer, functions)
 
 
 def metric_keys(records: list[dict[str, Any]], track: str) -> list[str]:

@@ -4,12 +4,18 @@ how an output is parsed and scored, and which metrics decide.
     from slm_swap.core.tracks import get_track
     track = get_track("toolcall")
     track.completion("get_weather", {"city": "Oslo"})   # '<tool_call name="get_weather">{"city":"Oslo"}</tool_call>'
-    track.score(output, gold_completion)                # {"parsed", "valid_call", "name_match", "args_exact"}
+    track.score({"output": output, "completion": gold})  # {"parsed", "valid_call", "name_match", "args_exact"}
     track.core_metrics                                  # what `compare` decides on
 
-Prompts (`prompts`), rows (`data.examples`), training rows (`training.data`), scoring (`metrics`),
-the decision (`compare`) and the report look a track up here instead of branching on its name, so
-a new kind of example is one new object in `TRACKS`.
+Prompts (`prompts`), rows (`data.examples`), training rows (`train.data`), the evals (`evaluation`),
+scoring (`metrics`), the decision (`compare`) and the report look a track up here instead of
+branching on its name, so a new kind of example is one new object in `TRACKS`.
+
+Every track scores one example the same way, `track.score(record) -> dict`: the record is what
+its eval holds for the example (a v0 row with the model's output; an agent run's trajectory), and
+the result is the pass/fail keys its metrics are rates of. Where evals or training differ by track,
+the track answers the question (`runs_as_agent`, `trains_on_conversations`), so callers never test
+which track it is.
 
 Outputs are stripped of surrounding whitespace and nothing else: no code-fence removal, no JSON
 repair. An output of `None` is a request that failed; it fails every metric.
@@ -75,8 +81,12 @@ class Track:
     name: str
     core_metrics: tuple[str, ...]
     info_metrics: tuple[str, ...] = (AST_METRIC,)
-    # What its dataset rows hold: `prompt` ({"prompt", "completion"}) or `messages` (agent conversations).
-    rows = "prompt"
+    # Whether its eval runs the model as the CodeAct agent over a split's tasks (`evaluation.agent`)
+    # rather than asking each row's prompt once (`evaluation.rows`).
+    runs_as_agent = False
+    # Whether its training rows are whole conversations (`{"messages": [...]}`, loss on the trained
+    # turns) rather than `{"prompt", "completion"}` (loss on the completion).
+    trains_on_conversations = False
     # Rows per device per optimizer step when training on this track (not one of the seed's fixed
     # settings). With the seed's learning rate and one epoch, the number of steps is what moves the
     # adapter: short v0 rows are batched 4 at a time.
@@ -85,6 +95,11 @@ class Track:
     def split_file(self, data_dir: Path, split: str) -> Path:
         """The file an eval of this track reads for `split`: `<data_dir>/<track>/<split>.jsonl`."""
         return Path(data_dir) / self.name / f"{split}.jsonl"
+
+    def score(self, record: dict[str, Any]) -> dict[str, Any]:
+        """One example's scores: pass/fail per metric (keys without `_rate`) and what the eval
+        records beside them. `record` is the example as this track's eval holds it (see each track)."""
+        raise NotImplementedError
 
     def metric_keys(self, records: list[dict[str, Any]]) -> list[str]:
         """Per-example keys present in every record: the core ones, then each info one scored."""
@@ -121,16 +136,17 @@ class RowTrack(Track):
         raise NotImplementedError
 
     def _score(self, output: str | None, gold_completion: str) -> tuple[dict[str, Any], Call | None]:
-        """(the record's parse and core pass/fail keys, the call the output expressed or None)."""
+        """(what was parsed and the core pass/fail keys, the call the output expressed or None)."""
         raise NotImplementedError
 
-    def score(self, output: str | None, gold_completion: str, possible_answer: dict[str, Any] | None = None,
-              functions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """One example's record: what was parsed and pass/fail per metric (keys without `_rate`)."""
-        record, call = self._score(output, gold_completion)
-        if possible_answer is not None:
-            record["args_ast_match"] = ast_match(call, possible_answer, functions)
-        return record
+    def score(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What was parsed and pass/fail per metric. `record`: a row with the model's answer:
+        `output` (its text, None when the request failed), `completion` (the gold one) and, where the
+        split has BFCL answers, `possible_answer` and `functions` (the row's line of `answers.jsonl`)."""
+        scored, call = self._score(record["output"], record["completion"])
+        if record.get("possible_answer") is not None:
+            scored["args_ast_match"] = ast_match(call, record["possible_answer"], record.get("functions"))
+        return scored
 
 
 class StructuredTrack(RowTrack):
@@ -220,7 +236,8 @@ class AgentTrack(Track):
     name = "agent"
     core_metrics = ("task_success_rate", "valid_code_rate")
     info_metrics = ("valid_call_rate", "name_match_rate", "args_exact_rate", AST_METRIC)
-    rows = "messages"
+    runs_as_agent = True
+    trains_on_conversations = True
     # An agent conversation is a few hundred tokens of its own, and a capture yields tens to hundreds
     # of them: one per step gives the adapter 4x the updates of batches of 4 for the same tokens
     # (bench/distill_gain.py, the demo's 102 rows: the student's task success went 0 -> 9/16 with 1
@@ -232,7 +249,8 @@ class AgentTrack(Track):
         return Path(data_dir) / self.name / f"{split}.tasks.jsonl"
 
     def score(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Pass/fail per metric for one trajectory record (`trajectories.records`)."""
+        """Pass/fail per metric, the filter's reason and the model turns. `record`: one trajectory
+        record as capture writes it (`trajectories.records`), the task's gold call in `gold`."""
         judged = verdict(record)
         turns = [step for step in record["steps"] if step.get("model_output") is not None]
         call = record["tool_calls"][-1] if record["tool_calls"] else None

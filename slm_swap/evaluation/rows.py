@@ -28,7 +28,7 @@ from slm_swap.infra.fileio import (
     sha256_file,
     write_json,
 )
-from slm_swap.core.metrics import gold_problem, score_example
+from slm_swap.core.metrics import gold_problem
 from slm_swap.core.prompts import build_messages
 from slm_swap.core.results import metrics_document
 from slm_swap.core.tracks import get_row_track
@@ -156,6 +156,7 @@ def run_eval(
         done = {}
         write_json(run_path, run)
         atomic_write_text(records_path, "")
+    row_track = get_row_track(track)
     budget = max_errors if max_errors is not None else max(1, len(rows) // 10)
     pending = [i for i in range(len(rows)) if i not in done]
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
@@ -166,19 +167,14 @@ def run_eval(
         try:
             for completion in completions:
                 index = pending[completion.index]
-                answer = answers[index] if answers else None
+                # The row, its line of the answers file (BFCL) and the model's output: what the track scores.
+                answered = {**rows[index], **(answers[index] if answers else {}), "output": completion.text}
                 record = {
                     "index": index,
                     "output": completion.text,
                     "error": completion.error,
                     "latency_s": round(completion.latency_s, 4),
-                    **score_example(
-                        track,
-                        completion.text,
-                        rows[index]["completion"],
-                        answer["possible_answer"] if answer else None,
-                        answer["functions"] if answer else None,
-                    ),
+                    **row_track.score(answered),
                 }
                 log.write(json.dumps(record, ensure_ascii=False) + "\n")
                 log.flush()

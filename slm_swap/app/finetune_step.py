@@ -1,0 +1,100 @@
+"""The fine-tune step's inputs and reuse rule: what `slm-swap train` and the fine-tune subflow
+(`flows/finetune.py`) run, `accelerate launch ... -m slm_swap.train` built in one place.
+
+- `TrainingPlan`: one fine-tune's inputs; `training_plan(config, track)` for the pipeline's.
+- `training_command(plan)`: the launch command; `training_env`: the flow-run id for its trace.
+- `reusable_adapter`: an adapter already trained from identical inputs, young enough to reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.stamps import now_utc, young
+from slm_swap.infra.config import Settings
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import read_json, sha256_file
+from slm_swap.train.hyperparams import hyperparams_for
+from slm_swap.train.launch import launch_command
+from slm_swap.train.run import MANIFEST
+
+
+def adapter_dir(config: PipelineConfig, track: str) -> Path:
+    return Path(config.ft_dir) / f"adapter_{track}"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The fine-tune subflow's inputs (its parameters), resolved from the pipeline config."""
+
+    track: str
+    train_path: Path
+    val_path: Path
+    out: Path
+    accelerate_config: Path | None = None
+    max_steps: int = -1
+    reuse_max_age_hours: float = 12.0
+    backend: str = "auto"
+    batch_size: int | None = None  # None: the track's
+    overwrite: bool = True  # the pipeline retrains in place; `slm-swap train` only with --overwrite
+    resume: bool = False
+
+
+def training_plan(config: PipelineConfig, track: str) -> TrainingPlan:
+    data_dir = Path(config.data_dir)
+    return TrainingPlan(track=track, train_path=data_dir / track / "train.jsonl", val_path=data_dir / track / "val.jsonl",
+                        out=adapter_dir(config, track), accelerate_config=config.accelerate_config,
+                        max_steps=config.max_steps, reuse_max_age_hours=config.reuse_max_age_hours)
+
+
+def training_command(plan: TrainingPlan) -> list[str]:
+    """`accelerate launch --config_file ... -m slm_swap.train ...` (the library builds it)."""
+    extra = [*(["--overwrite"] if plan.overwrite else []), *(["--resume"] if plan.resume else []),
+             "--backend", plan.backend, "--max-steps", str(plan.max_steps),
+             *(["--batch-size", str(plan.batch_size)] if plan.batch_size is not None else [])]
+    return launch_command(track=plan.track, train=plan.train_path, val=plan.val_path, out=plan.out,
+                          accelerate_config=plan.accelerate_config, extra=extra)
+
+
+def training_env(flow_run_id: str | None) -> dict[str, str]:
+    """Environment for the training process: the flow-run id goes into the training trace's metadata."""
+    return {"PREFECT__FLOW_RUN_ID": str(flow_run_id)} if flow_run_id else {}
+
+
+def read_adapter_manifest(out: Path) -> dict[str, Any]:
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise SlmSwapError(f"{path}: no adapter manifest (training did not finish?)")
+    return read_json(path, "adapter manifest")
+
+
+def reusable_adapter(settings: Settings, plan: TrainingPlan, now: datetime | None = None) -> dict[str, Any] | None:
+    """The manifest of an adapter already trained from the same base model, data, settings and step cap
+    within `reuse_max_age_hours`, else None (then training runs)."""
+    try:
+        manifest = read_adapter_manifest(plan.out)
+    except SlmSwapError:
+        return None
+    datasets = manifest.get("datasets") or {}
+    try:
+        same_data = all(
+            (datasets.get(name) or {}).get("sha256") == sha256_file(path)
+            for name, path in (("train", plan.train_path), ("val", plan.val_path))
+        )
+    except (OSError, SlmSwapError):
+        return None
+    # What the adapter was asked for; manifests written before `requested` existed kept it at the top.
+    asked = manifest.get("requested") or manifest
+    same = (
+        same_data
+        and manifest.get("track") == plan.track
+        and manifest.get("base_model") == str(settings.slm_model_path)
+        and asked.get("max_steps") == plan.max_steps
+        and asked.get("hyperparameters") == hyperparams_for(plan.track).as_dict()
+        and (Path(plan.out) / "adapter_config.json").is_file()
+    )
+    return manifest if same and young(manifest.get("finished_at"), plan.reuse_max_age_hours, now or now_utc()) else None

@@ -1,0 +1,228 @@
+"""One typed request per command: every option of every `slm-swap` command, declared once.
+
+The CLI's flags are generated from these models (`slm_swap.app.cli_options`: flag, type, default,
+choices and `--help` text all come from the field), the Prefect flows take `PipelineConfig` and
+`DistillConfig` as their one parameter, and the library's steps read the same objects. A default
+lives here or in the library constant a field points at, nowhere else.
+
+`option(default, help, ...)` is a pydantic `Field` whose description is the flag's help text;
+`flag=` names a flag that differs from the field (`timeout_s` is `--timeout`), `repeat=True` makes a
+list flag repeatable (`--category A --category B`), `cli=False` keeps a field off the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
+from slm_swap.core.tracks import TRACKS, get_track
+from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
+                                   DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
+from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
+from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
+
+Track = Literal[tuple(TRACKS)]  # type: ignore[valid-type]  (the track registry's names)
+RowTrack = Literal[tuple(ROW_TRACK_NAMES)]  # type: ignore[valid-type]
+Split = Literal["train", "val", "test"]
+ModelKind = Literal["azure", "slm"]
+FinetuneMode = Literal["auto", "always", "never"]
+FINETUNE_MODES: tuple[str, ...] = ("auto", "always", "never")
+DEFAULT_FINETUNE_DEPLOYMENT = "slm-swap-finetune/gpu"
+DEFAULT_DISTILL_EVAL_DIR = DEFAULT_EVAL_DIR / "distill"
+ACCELERATE_CONFIG_HELP = "accelerate config (default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml)"
+
+
+def option(default: Any = ..., help: str = "", *, flag: str | None = None, repeat: bool = False,
+           metavar: str | None = None, cli: bool = True, **constraints: Any) -> Any:
+    """A field with its --help text and how it appears on the command line."""
+    extra = {key: value for key, value in (("flag", flag), ("repeat", repeat or None), ("metavar", metavar),
+                                           ("cli", None if cli else False)) if value is not None}
+    if isinstance(default, (list, BaseModel)):  # a fresh copy per instance
+        factory = (lambda: list(default)) if isinstance(default, list) else default.model_copy
+        return Field(default_factory=factory, description=help, json_schema_extra=extra or None, **constraints)
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def rows_dir(track: str, data_dir: Path | None) -> Path:
+    """--data-dir, else where the track's rows are made: `build`'s folder for the agent's conversations
+    and tasks, `prepare`'s for the v0 rows."""
+    if data_dir:
+        return Path(data_dir)
+    return DEFAULT_DISTILL_DIR if get_track(track).runs_as_agent else DEFAULT_DATA_DIR
+
+
+# -- options several commands share --------------------------------------------------------------
+
+
+def load_in_4bit_option() -> Any:
+    return option(None, "slm: load in NF4 4-bit through bitsandbytes, on CPU as on CUDA (default: 4-bit with CUDA, "
+                        "full precision on CPU)")
+
+
+# The hosted client's defaults. Commands that pass them straight to the library leave the range
+# checks to it (its messages name the flag); the flows' configs add them as constraints.
+def concurrency_option(help: str = "hosted: parallel requests", **constraints: Any) -> Any:
+    return option(8, help, **constraints)
+
+
+def timeout_option(help: str = "hosted: seconds per request", **constraints: Any) -> Any:
+    return option(60.0, help, flag="--timeout", **constraints)
+
+
+def max_retries_option(help: str = "hosted: retries on 429/5xx/timeouts", **constraints: Any) -> Any:
+    return option(4, help, **constraints)
+
+
+class SourceOptions(Request):
+    """Where source rows come from: the embedded BFCL data or the user's xLAM-60k file."""
+
+    source: Literal["bfcl", "xlam"] = option("bfcl", "bfcl: the embedded BFCL data; xlam: your xLAM-60k file")
+    dataset_path: Path | None = option(None, "xlam only: the xLAM-60k file (JSON array or .jsonl)")
+    categories: list[str] = option([], "bfcl only: BFCL category, repeatable (default: simple_python)",
+                                   flag="--category", repeat=True)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SourceOptions":
+        if self.source == "xlam" and not self.dataset_path:
+            raise ValueError("source 'xlam' needs dataset_path (the xLAM-60k file)")
+        if self.source != "xlam" and self.dataset_path:
+            raise ValueError("dataset_path applies to source 'xlam' only (BFCL data comes from the bfcl-eval package)")
+        if self.source != "bfcl" and self.categories:
+            raise ValueError("categories apply to source 'bfcl' only")
+        return self
+
+
+# -- v0 commands ---------------------------------------------------------------------------------
+
+
+class FetchRequest(Request):
+    dest: Path = option(EMBEDDED_MODEL_DIR, "where the checkpoint goes")
+    force: bool = option(False, "rebuild even if the checkpoint is already there")
+
+
+class PrepareRequest(SourceOptions):
+    train: int = option(32, "train examples")
+    val: int = option(8, "validation examples")
+    test: int = option(8, "test examples")
+    seed: int = option(0, "shuffle seed; same seed, same bytes")
+    out_dir: Path = option(DEFAULT_DATA_DIR, "output folder")
+
+
+class EvalRequest(Request):
+    track: Track = option(..., "structured, toolcall, or agent (the model as the CodeAct agent)")
+    model_kind: ModelKind = option(..., "azure: the hosted model; slm: the local SLM")
+    split: Split = option("test", "")
+    out: Path | None = option(None, "metrics file (default: <eval-dir>/<track>_<kind>[_ft]_<split>.json)")
+    eval_dir: Path = option(DEFAULT_EVAL_DIR, "")
+    data_dir: Path | None = option(None, f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
+    adapter: Path | None = option(None, "LoRA adapter folder (PEFT format) for the SLM")
+    limit: int | None = option(None, "first N examples only")
+    resume: bool = option(False, "finish an interrupted run, keeping finished examples")
+    concurrency: int = concurrency_option("hosted: parallel requests; agent: agents in flight, the SLM's decoded together")
+    timeout_s: float = timeout_option()
+    max_retries: int = max_retries_option()
+    max_errors: int | None = option(None, "stop after this many failed requests (default: 10% of examples, at least 1)")
+    batch_size: int = option(EVAL_BATCH_SIZE, "slm: prompts decoded together; lower it if memory runs out")
+    max_steps: int | None = option(None, "agent: model turns per task (default: the capture's, from the tasks file)")
+    tools: str | None = option(None, "agent: the tools factory (default: simulated tools, as capture)", metavar="MODULE:FACTORY")
+    load_in_4bit: bool | None = load_in_4bit_option()
+
+    def rows_dir(self) -> Path:
+        return rows_dir(self.track, self.data_dir)
+
+
+class InferRequest(Request):
+    track: RowTrack = option(..., "")
+    model_kind: ModelKind = option(..., "")
+    text: str = option(..., "the user's request")
+    functions: Path | None = option(None, "JSON file with a list of function signatures to offer")
+    adapter: Path | None = option(None, "LoRA adapter folder for the SLM")
+    load_in_4bit: bool | None = load_in_4bit_option()
+
+
+class ServeRequest(Request):
+    host: str = option("127.0.0.1", "loopback only by default")
+    port: int = option(8000, "")
+    model_path: Path | None = option(None, "checkpoint (default: SLM_MODEL_PATH, else the embedded model)")
+    model_name: str | None = option(None, "name the base model is served under (default: the checkpoint folder's name)")
+    adapter: list[str] = option([], "serve a LoRA adapter as model NAME (repeatable)", repeat=True, metavar="NAME=DIR")
+    adapters_dir: Path | None = option(None, "also serve every <dir>/adapter_<track>/ as model <track>")
+    api_key: str | None = option(None, "require this key (Authorization: Bearer, or Azure's api-key header); default: "
+                                       "SLM_SWAP_SERVE_API_KEY, which is better: arguments are visible to anyone via `ps`")
+    batch_size: int = option(8, "queued requests generated together")
+    batch_wait_ms: float = option(SERVE_BATCH_WAIT_MS, "how long a batch short of --batch-size waits for more requests "
+                                                       "before it starts; 0: at once")
+    max_new_tokens: int = option(MAX_NEW_TOKENS, "default completion length cap")
+    load_in_4bit: bool | None = load_in_4bit_option()
+
+
+class FinetuneRequest(Request):
+    track: Track = option(..., "agent: train on `build`'s conversation rows, loss on the assistant turns only (not on "
+                               "the system prompt, the task or any observation)")
+    data_dir: Path | None = option(None, f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
+    train: Path | None = option(None, "train JSONL (default: <data-dir>/<track>/train.jsonl)")
+    val: Path | None = option(None, "validation JSONL (default: <data-dir>/<track>/val.jsonl)")
+    ft_dir: Path = option(DEFAULT_FT_DIR, "")
+    out: Path | None = option(None, "adapter folder (default: <ft-dir>/adapter_<track>)")
+    accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
+    backend: Literal["auto", "unsloth", "bnb", "cpu"] = option("auto", "auto: unsloth on CUDA if installed, else "
+                                                                       "bitsandbytes on CUDA, else cpu")
+    overwrite: bool = option(False, "replace an existing adapter")
+    resume: bool = option(False, "continue from the latest checkpoint")
+    max_steps: int = option(-1, "cap optimizer steps (-1: one epoch)")
+    batch_size: int | None = option(None, "rows per device per optimizer step (default: the track's: " + ", ".join(
+        f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
+
+    def rows_dir(self) -> Path:
+        return rows_dir(self.track, self.data_dir)
+
+
+class CompareRequest(Request):
+    track: Track = option(..., "")
+    azure: Path = option(..., "hosted model's metrics file")
+    slm: Path = option(..., "local SLM's metrics file")
+    delta: str = option("0.01", "largest gap tolerated on a core metric, as a decimal; decided exactly on pass counts")
+
+
+class PromptsExportRequest(Request):
+    out: str = option("-", "file, or - for stdout")
+
+
+# -- Phase II commands ---------------------------------------------------------------------------
+
+
+class CaptureRequest(SourceOptions):
+    limit: int | None = option(None, "first N rows only")
+    out: Path = option(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl", "")
+    max_steps: int = option(DEFAULT_MAX_STEPS, "model turns per task")
+    max_turn_tokens: int = option(AGENT_MAX_NEW_TOKENS, "new tokens per model turn; the agent eval of these tasks uses the same")
+    tools: str = option(DEFAULT_TOOLS, "callable(signatures) -> list of smolagents Tools (default: simulated tools)",
+                        metavar="MODULE:FACTORY")
+    resume: bool = option(False, "finish an interrupted capture; finished requests are not asked again")
+    concurrency: int = concurrency_option("trajectories in flight")
+    timeout_s: float = timeout_option()
+    max_retries: int = max_retries_option()
+    max_errors: int | None = option(None, "stop after this many failed requests (default: 10% of rows, at least 1)")
+
+
+class FilterRequest(Request):
+    trajectories: Path = option(DEFAULT_TRAJECTORIES_DIR / "trajectories.jsonl", "")
+    out_dir: Path | None = option(None, "where accepted.jsonl, rejected.jsonl and filter.json go (default: the "
+                                        "trajectories' folder)")
+    max_steps: int | None = option(None, "step limit to check (default: each trajectory's capture limit)")
+
+
+class BuildRequest(Request):
+    accepted: Path = option(DEFAULT_TRAJECTORIES_DIR / "accepted.jsonl", "")
+    out_dir: Path = option(DEFAULT_DISTILL_DIR, "")
+    val: int = option(8, "validation tasks")
+    test: int = option(8, "test tasks, drawn first")
+    seed: int = option(0, "shuffle seed; same seed, same bytes")
