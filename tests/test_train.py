@@ -1,5 +1,6 @@
-"""Fine-tuning on CPU with the tiny model: masking, a real `accelerate launch`, overfitting,
-resume, the adapter's re-evaluation, bad inputs, and the launch configs."""
+"""Fine-tuning on CPU with the tiny model: masking, a real `accelerate launch` and `torchrun`,
+overfitting, resume, the adapter's re-evaluation, a manifest that records what ran apart from what
+was asked, bad inputs, and the launch configs."""
 
 from __future__ import annotations
 
@@ -164,6 +165,61 @@ def adapter_tensors(folder: Path) -> dict:
     return load_file(folder / "adapter_model.safetensors")
 
 
+def four_bit_claims(manifest: dict) -> list[str]:
+    """Where a manifest, outside what was `requested`, says the base was loaded in 4 bits: a
+    `*4bit*` field that is set, or a 4-bit quantization type as a value."""
+    claims = []
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "4bit" in str(key).lower() and item:
+                    claims.append(f"{path}{key}")
+                walk(item, f"{path}{key}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}{i}.")
+        elif isinstance(value, str) and value.lower() in ("nf4", "fp4"):
+            claims.append(path.rstrip("."))
+
+    walk({key: value for key, value in manifest.items() if key != "requested"}, "")
+    return claims
+
+
+def test_a_full_precision_cpu_run_records_what_ran_apart_from_the_seeds_request(xlam_data_dir, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """`--backend cpu` in fp32: the seed's `load_in_4bit: true` stays what was asked (`requested`),
+    and nothing the manifest says ran claims a 4-bit load; the pipeline still recognises the adapter
+    as the one it would train (it compares what was requested)."""
+    from slm_swap.app.finetune_step import TrainingPlan, reusable_adapter
+    from slm_swap.infra.config import Settings
+    from slm_swap.train.hyperparams import hyperparams_for
+
+    rows = xlam_data_dir / "toolcall"
+    request = TrainRequest(track="toolcall", train_path=rows / "train.jsonl", val_path=rows / "val.jsonl",
+                           out_dir=tmp_path / "adapter_toolcall", model_path=tiny_model_dir, backend="cpu",
+                           precision="fp32", max_steps=1)
+    manifest = train(request)
+    assert json.loads((request.out_dir / MANIFEST).read_text()) == manifest
+    asked = manifest["requested"]
+    assert asked["hyperparameters"] == hyperparams_for("toolcall").as_dict() and asked["hyperparameters"]["load_in_4bit"] is True
+    assert (asked["backend"], asked["precision"], asked["max_steps"]) == ("cpu", "fp32", 1)
+    assert four_bit_claims(manifest) == []
+    assert manifest["backend"] == "cpu" and manifest["quantization"] is None and manifest["precision"] == "fp32"
+    assert manifest["weight_dtypes"] == {"base": "float32", "adapter": "float32"}
+    assert (manifest["strategy"], manifest["world_size"], manifest["process_group"]) == ("no", 1, None)
+    ran = manifest["hyperparameters"]  # read back from the adapter's PEFT config and the trainer's arguments
+    assert (ran["lora_r"], ran["lora_alpha"], ran["lora_dropout"], ran["per_device_batch_size"]) == (64, 16, 0.1, 4)
+    assert sorted(ran["target_modules"]) == sorted(asked["hyperparameters"]["target_modules"])
+    assert manifest["steps"] == 1 and manifest["global_batch_size"] == 4
+
+    monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
+    plan = TrainingPlan(track="toolcall", train_path=request.train_path, val_path=request.val_path, out=request.out_dir,
+                        max_steps=1)
+    assert reusable_adapter(Settings(), plan) == manifest
+    assert reusable_adapter(Settings(), replace(plan, max_steps=2)) is None
+
+
 def test_bnb_backend_trains_4bit_qlora_on_cpu_repeatably(xlam_data_dir, tiny_model_dir, tmp_path):
     """The QLoRA backend for real on CPU: an NF4 base (bitsandbytes Linear4bit), LoRA on top, the
     loss falling, the same seed giving the same adapter, which then evaluates on the 4-bit base."""
@@ -172,7 +228,10 @@ def test_bnb_backend_trains_4bit_qlora_on_cpu_repeatably(xlam_data_dir, tiny_mod
     request = TrainRequest(track="toolcall", train_path=rows, val_path=rows, out_dir=tmp_path / "a", model_path=tiny_model_dir,
                            backend="bnb", max_steps=4, hp=hp)
     first = train(request)
-    assert first["backend"] == "bnb" and first["quantization"] == "nf4"
+    assert first["backend"] == "bnb" and first["quantization"] == "nf4" and four_bit_claims(first) == ["quantization"]
+    # The base's other weights in the CPU compute dtype; the LoRA weights in bf16, as TRL casts them on
+    # a quantized model (the QLoRA paper's recipe), whatever the precision: the manifest shows it.
+    assert first["weight_dtypes"] == {"base": "float32", "adapter": "bfloat16"}
     assert first["val_loss"] < first["val_loss_before"]
     assert first["determinism"]["device"] == "cpu" and first["global_batch_size"] == 2
     second = train(replace(request, out_dir=tmp_path / "b"))
@@ -201,13 +260,39 @@ def test_two_cpu_processes_train_data_parallel(xlam_data_dir, tiny_model_dir, tm
     )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["world_size"] == 2 and manifest["strategy"] == strategy
+    assert manifest["world_size"] == 2 and manifest["strategy"] == strategy and manifest["process_group"] == "gloo"
+    assert manifest["backend"] == "cpu" and four_bit_claims(manifest) == []
     per_device = manifest["hyperparameters"]["per_device_batch_size"]
     assert manifest["global_batch_size"] == 2 * per_device
     assert manifest["steps"] == -(-20 // (2 * per_device))  # one epoch of 20 rows, shared by two processes
     assert manifest["val_loss_before"] > 0 and manifest["val_loss"] > 0
     assert result.stdout.count("adapter ") == 1  # one summary: the other rank reports nothing
     assert sorted(p.name for p in out.parent.iterdir()) == ["adapter_toolcall", "adapter_toolcall.checkpoints"]
+
+
+def test_torchrun_starts_two_cpu_processes_that_train_data_parallel(xlam_data_dir, tiny_model_dir, tmp_path):
+    """The seed's other launcher: `torchrun --nproc_per_node=2 -m slm_swap.train` (here with
+    `--standalone`: a free port, so parallel runs cannot collide) trains the same adapter and manifest
+    as the two-process accelerate run: plain DDP over gloo, 3 steps for 20 rows, rank 0 writing."""
+    out = tmp_path / "04_ft" / "adapter_toolcall"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "slm_swap.train", "--track", "toolcall",
+         "--train", str(xlam_data_dir / "toolcall" / "train.jsonl"), "--val", str(xlam_data_dir / "toolcall" / "val.jsonl"),
+         "--out", str(out)],
+        env={**os.environ, "SLM_MODEL_PATH": str(tiny_model_dir)}, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert (manifest["strategy"], manifest["world_size"], manifest["process_group"]) == ("multi_cpu", 2, "gloo")
+    assert manifest["backend"] == "cpu" and manifest["quantization"] is None and four_bit_claims(manifest) == []
+    per_device = manifest["hyperparameters"]["per_device_batch_size"]
+    assert manifest["global_batch_size"] == 2 * per_device
+    assert manifest["steps"] == -(-20 // (2 * per_device))  # one epoch of 20 rows, shared by two processes
+    assert manifest["val_loss_before"] > 0 and manifest["val_loss"] > 0
+    assert result.stdout.count("adapter ") == 1 and "world_size=2" in result.stdout  # rank 1 reports nothing
+    assert sorted(p.name for p in out.parent.iterdir()) == ["adapter_toolcall", "adapter_toolcall.checkpoints"]
+    assert (out / "adapter_model.safetensors").is_file()
 
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(xlam_data_dir, tiny_model_dir, tmp_path):

@@ -1,2 +1,3 @@
 """Fine-tuning: rows -> tokenized examples with the prompt masked, a backend per machine, the
-trainer, the adapter and its manifest. The `accelerate launch` entry point is `slm_swap.train`."""
+trainer, the adapter and its manifest. `python -m slm_swap.train` is the entry point that
+`accelerate launch` and `torchrun` run."""

@@ -7,10 +7,11 @@
 - `cpu`:     the `auto` choice without CUDA: the base in full precision + PEFT LoRA (faster than
              4-bit on a CPU; the tests and the demo).
 
-Under `accelerate launch` each process loads its own copy on its own GPU (`device_map={"": local
-rank}`); DeepSpeed ZeRO-2 (from the accelerate config) then shards optimizer state and gradients.
-On CPU, several processes train data-parallel over gloo (`accelerate_config/cpu_2proc.yaml`).
-Unsloth and DeepSpeed cannot run on the CPU-only machines this project is developed on:
+Under `accelerate launch` or `torchrun` each process loads its own copy on its own GPU
+(`device_map={"": local rank}`); DeepSpeed ZeRO-2 (from the accelerate config) then shards optimizer state and gradients.
+On CPU, several processes train data-parallel over gloo (`accelerate_config/cpu_2proc.yaml`, or
+`torchrun --nproc_per_node=2`).
+Unsloth, NCCL and the CUDA kernels cannot run on the CPU-only machines this project is developed on:
 `scripts/gpu_check.sh` exercises them on a GPU machine (docs/gpu.md says what has run).
 
 Every backend seeds Python, NumPy and torch from `hp.seed` before it creates the model and the

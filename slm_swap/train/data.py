@@ -43,7 +43,7 @@ def check_rows_for_track(path: Path, rows: list[dict[str, str]], track: str) -> 
 
 def load_training_rows(path: Path, track: str) -> list[dict[str, Any]]:
     """A split's rows for `track`'s kind of rows, every row checked (one line naming the bad one)."""
-    if get_track(track).rows == "messages":
+    if get_track(track).trains_on_conversations:
         return load_conversation_rows(path)
     rows = load_rows(path)
     if not rows:

@@ -1,12 +1,16 @@
-"""The fine-tuning entry point for `accelerate launch` (one process per GPU, or one on CPU):
+"""The fine-tuning entry point, `python -m slm_swap.train`, run by `accelerate launch` or `torchrun`
+(one process per GPU, one or more on CPU):
 
     accelerate launch --config_file accelerate_config/phi4_4gpu.yaml -m slm_swap.train \\
         --track structured --train slm_swap/02_dataset/structured/train.jsonl \\
         --val slm_swap/02_dataset/structured/val.jsonl --out slm_swap/04_ft/adapter_structured
+    torchrun --nproc_per_node=4 -m slm_swap.train --track structured ...   # plain DDP, no DeepSpeed
 
-The base model is SLM_MODEL_PATH (the embedded model by default). Settings are the seed's fixed
-QLoRA settings (`slm_swap.train.hyperparams`), with the track's batch size unless `--batch-size`
-says otherwise. `slm-swap train` runs this for you.
+On CPU: `--config_file accelerate_config/cpu_2proc.yaml`, or `torchrun --nproc_per_node=2`; both
+train data-parallel over gloo. The base model is SLM_MODEL_PATH (the embedded model by default).
+Settings are the seed's fixed QLoRA settings (`slm_swap.train.hyperparams`), with the track's batch
+size unless `--batch-size` says otherwise. `slm-swap train` runs this for you (accelerate launch).
+docs/training.md says more, and what the manifest records.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from slm_swap.infra.errors import SlmSwapError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch).")
+    parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch or torchrun).")
     parser.add_argument("--track", required=True, choices=tuple(TRACKS),
                         help="agent: conversation rows of `slm-swap build`, loss on the assistant turns only")
     parser.add_argument("--train", required=True, help="train split JSONL")
@@ -52,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if manifest is None:  # not the main process: it has nothing to report
         return 0
     print(
-        f"adapter {args.out}: backend={manifest['backend']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
+        f"adapter {args.out}: backend={manifest['backend']} quantization={manifest['quantization'] or 'none'} "
+        f"precision={manifest['precision']} strategy={manifest['strategy']} world_size={manifest['world_size']} "
         f"steps={manifest['steps']} train_loss={manifest['train_loss']:.4f} val_loss {manifest['val_loss_before']:.4f} -> "
         f"{manifest['val_loss']:.4f} tokens/s={manifest['train_tokens_per_s']} seed={manifest['seed']} "
         f"deterministic={manifest['determinism']['deterministic']} ({manifest['determinism']['device']})"
@@ -70,7 +75,7 @@ def _train(args: argparse.Namespace) -> dict | None:
 
     settings = load_settings()
     check_tracing_settings(settings)  # on every rank, before any work
-    main_process = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch; one trace per run
+    main_process = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch and torchrun; one trace per run
     request = TrainRequest(
         track=args.track,
         train_path=Path(args.train),

@@ -1,4 +1,7 @@
-"""The seed's fixed fine-tuning settings, in one place, recorded in every adapter manifest."""
+"""The seed's fixed fine-tuning settings, in one place: what a run asks for. Every adapter manifest
+records them as asked, under `requested`; what the run did with them (the backend's load, the
+precision, the LoRA and optimizer settings the adapter really has) is recorded beside them
+(`slm_swap.train.manifest`)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from slm_swap.infra.errors import SlmSwapError
 
 @dataclass(frozen=True)
 class HyperParams:
-    load_in_4bit: bool = True  # QLoRA (unsloth, bnb backends); the cpu backend trains the full-precision base
+    # QLoRA's 4-bit base: the unsloth backend loads it so, bnb always loads NF4, and the cpu backend
+    # trains the full-precision base whatever this says (the manifest's `quantization` says which ran).
+    load_in_4bit: bool = True
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.1

@@ -1,8 +1,10 @@
 """One fine-tuning run: validate inputs, load the backend, train with TRL's SFTTrainer on the
 completion only (on CPU through `labelled_loss`, which sends only the labelled positions through the
-LM head), report validation loss, write the adapter and its manifest atomically.
+LM head), report validation loss, write the adapter and its manifest atomically (`slm_swap.train.manifest`:
+what was requested, apart from what ran).
 
-Runs as one process (CPU) or one per GPU under `accelerate launch`; only the main process writes.
+Runs as one process, or as several under `accelerate launch` or `torchrun` (one per GPU, or CPU
+processes over gloo); only the main process writes.
 Checkpoints go to `<out>.checkpoints/` so `resume=True` continues an interrupted run.
 The seed (`hp.seed`) fixes the initial adapter (seeded before it is created, in `backends`), the
 data order and dropout (the trainer reseeds with it); the manifest says whether that made the run
@@ -26,8 +28,7 @@ from slm_swap.infra.tracing import NullRun, Run
 from slm_swap.train.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
-
-MANIFEST = "slm_swap_adapter.json"
+from slm_swap.train.manifest import MANIFEST, requested_settings, what_ran
 SAMPLING = ("group_by_length", "random")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -89,20 +90,6 @@ def validate(request: TrainRequest) -> None:
         raise SlmSwapError(f"{out} already holds an adapter: pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise SlmSwapError(f"{out} exists and is not a folder")
-
-
-def _strategy() -> tuple[str, int]:
-    """(multi-device strategy, world size) as accelerate sees this process."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    kind = str(state.distributed_type).split(".")[-1].lower()
-    if kind == "deepspeed":
-        from accelerate.state import AcceleratorState
-
-        stage = AcceleratorState().deepspeed_plugin.zero_stage
-        kind = f"deepspeed_zero{stage}"
-    return kind, state.num_processes
 
 
 def trace_input(request: TrainRequest) -> dict[str, Any]:
@@ -209,23 +196,15 @@ def train(request: TrainRequest, trace: Run = NullRun()) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume_from)
     duration = time.perf_counter() - started
     val_loss = trainer.evaluate()["eval_loss"]
-    strategy, world_size = _strategy()
     tokens = trainer.state.num_input_tokens_seen - at_start.tokens  # all processes together
     manifest = {
         "track": request.track,
         "base_model": str(request.model_path),
-        "backend": backend,
-        "strategy": strategy,
-        "world_size": world_size,
-        # Examples per optimizer step over all processes: what one "step" means in `steps`.
-        "global_batch_size": hp.per_device_batch_size * hp.gradient_accumulation_steps * world_size,
-        "quantization": quantization_of(trainer.model),
-        "hyperparameters": hp.as_dict(),
-        "sampling": request.sampling,
-        "max_steps": request.max_steps,
-        "seed": hp.seed,
+        "requested": requested_settings(backend=request.backend, precision=request.precision, sampling=request.sampling,
+                                        max_steps=request.max_steps, resume=request.resume, hyperparameters=hp.as_dict()),
+        # From here on, what ran (slm_swap.train.manifest).
+        **what_ran(trainer, backend, quantization_of(trainer.model)),
         "determinism": determinism(cuda),
-        "precision": "bf16 autocast" if bf16 else "fp32",
         "datasets": {
             "train": {"path": str(request.train_path), "sha256": sha256_file(Path(request.train_path)), "rows": len(train_rows)},
             "val": {"path": str(request.val_path), "sha256": sha256_file(Path(request.val_path)), "rows": len(val_rows)},
