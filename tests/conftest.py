@@ -35,7 +35,7 @@ def embedded_model_dir():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_model_dir):
     """A tiny random Llama with the embedded model's tokenizer, for fast training/eval tests."""
-    from slm_swap.llm.embedded import build_tiny_model
+    from slm_swap.llm.tiny_model import build_tiny_model
 
     return build_tiny_model(embedded_model_dir, tmp_path_factory.mktemp("tiny-model") / "model")
 

@@ -1,4 +1,5 @@
-"""The embedded model: locating the GGUF, converting it once, and the tiny test model."""
+"""The embedded model: locating the GGUF, converting it once (llm/embedded.py, llm/gguf_checkpoint.py,
+llm/model_folders.py), and the tiny test model (llm/tiny_model.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from slm_swap.llm import embedded as models
 from slm_swap.llm.embedded import (
     EMBEDDED_GGUF,
     EMBEDDED_GGUF_SHA256,
-    MARKER_FILE,
     ModelError,
-    build_tiny_model,
     fetch_embedded_model,
     locate_embedded_gguf,
 )
+from slm_swap.llm.model_folders import MARKER_FILE
+from slm_swap.llm.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -259,7 +260,7 @@ def test_the_umask_is_read_without_being_changed(monkeypatch):
     # out world-writable: reading it must never call os.umask.
     import os
 
-    from slm_swap.llm import embedded as models
+    from slm_swap.infra.fileio import current_umask
 
     actual = os.umask(0o022)
     os.umask(actual)
@@ -268,4 +269,4 @@ def test_the_umask_is_read_without_being_changed(monkeypatch):
         raise AssertionError("os.umask was called")
 
     monkeypatch.setattr(os, "umask", forbidden)
-    assert models._umask() == actual
+    assert current_umask() == actual

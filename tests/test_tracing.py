@@ -26,12 +26,12 @@ from slm_swap.infra.tracing import (
     VALUE_CAP_BYTES,
     LangfuseTracer,
     NullTracer,
-    _Mask,
     check_tracing_settings,
     comparison_url,
     open_tracer,
     trace_url,
 )
+from slm_swap.infra.tracing.masking import Mask
 
 SECRET_KEY = "sk-lf-receiver-SECRET-4f1c9a7e"
 AZURE_KEY = "azure-FAKE-KEY-0c6b2e91d4a84f37"
@@ -343,7 +343,7 @@ def test_mask_scrubs_and_caps():
         user: str
         secret: SecretStr
 
-    mask = _Mask()
+    mask = Mask()
     mask.secrets = tuple(make_settings("http://127.0.0.1:9").secret_values())
     scrubbed = mask(data={
         "AZURE_API_KEY": "x", "max_tokens": 5, "Password": "p", "fine": ["ok", SecretStr("s")],
@@ -378,6 +378,13 @@ def test_tracing_uses_only_the_public_sdk():
     for private in (r"langfuse\._", r"\._resources", r"\._otel", r"atexit\.unregister", r"x-langfuse-"):
         assert not re.search(private, source), private
     assert not re.search(r"^\s*(from|import) langfuse\.(?!api\b|types\b)", source, re.M)
+
+
+def test_only_the_tracing_package_imports_langfuse():
+    library = Path(__file__).parents[1] / "slm_swap"
+    importers = {path.relative_to(library).parts[:2] for path in library.rglob("*.py")
+                 if re.search(r"^\s*(from|import) langfuse\b", path.read_text(), re.M)}
+    assert importers == {("infra", "tracing")}
 
 
 # -- evals as dataset experiments ------------------------------------------------------------------

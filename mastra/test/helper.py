@@ -21,7 +21,8 @@ def tiny(root: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slm_swap.llm.embedded import build_tiny_model, fetch_embedded_model
+    from slm_swap.llm.embedded import fetch_embedded_model
+    from slm_swap.llm.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(fetch_embedded_model(), root / "model")
     with torch.random.fork_rng(devices=[]):

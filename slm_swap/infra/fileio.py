@@ -1,18 +1,22 @@
 """Small file helpers: atomic writes, JSONL with row-numbered errors, content hashes.
 
 Everything the tool writes goes through `atomic_write_text` (temporary file, then rename) so an
-interrupted run never leaves a half-written result behind.
+interrupted run never leaves a half-written result behind; a whole folder (a model checkpoint) is
+built in `staging_dir` and swapped in by `publish_dir` for the same reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from slm_swap.infra.errors import SlmSwapError
 
@@ -130,3 +134,64 @@ def remove_stale_temps(path: Path) -> None:
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it. `os.umask` can only read by setting, and a
+    umask of 0 even for an instant lets files other threads create meanwhile come out world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022  # no /proc (macOS): the usual default; only the modes of files we publish depend on it
+
+
+@contextlib.contextmanager
+def staging_dir(dest: Path) -> Iterator[Path]:
+    """A fresh hidden sibling of `dest` to build a folder in, removed on exit unless it was published
+    (`publish_dir`). A sibling (same filesystem) is what makes the final rename atomic."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        # mkdtemp makes it private (0700); the published folder should read like any other.
+        os.chmod(path, 0o777 & ~current_umask())
+        yield path
+    finally:
+        # After a successful publish the staging path no longer exists; otherwise clean up.
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_dir(staging: Path, dest: Path, accept_concurrent: Callable[[Path], bool]) -> None:
+    """Move the complete `staging` folder to `dest`, replacing any old one.
+
+    The old folder is first renamed aside, so `dest` is always either the old complete folder,
+    absent for an instant, or the new complete one - never a mixture. When another process
+    publishes `dest` in between, its folder is kept if `accept_concurrent(dest)` says it is as
+    complete as ours; otherwise the rename's error is raised.
+    """
+    # Some writers (save_pretrained's model.safetensors) create files as 0600 via a temp file: make
+    # the folder's files readable like any others, as the umask allows.
+    for path in staging.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~current_umask())
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dest, old)
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        if not dest.exists():
+            # The rename itself failed: put the old folder back and report.
+            if old is not None:
+                os.rename(old, dest)
+                old = None
+            raise
+        if not accept_concurrent(dest):
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
