@@ -31,6 +31,7 @@ from slm_swap.infra.errors import SlmSwapError  # noqa: E402
 from slm_swap.infra.fileio import sha256_file, write_json  # noqa: E402
 from slm_swap.app.finetune_step import TrainingPlan, reusable_adapter, training_command, training_env  # noqa: E402
 from slm_swap.app.flow_configs import DataSource, PipelineConfig  # noqa: E402
+from slm_swap.train.options import TrainOptions  # noqa: E402
 from slm_swap.app.pipeline import merge_tags, needs_training, plan_eval, retryable, stamp_path_for, trace_tags  # noqa: E402
 from slm_swap.app.report import TrackReport, decisions_text, markdown, story, table_rows, write_report  # noqa: E402
 from slm_swap.train.launch import CPU_CONFIG  # noqa: E402
@@ -87,7 +88,8 @@ def test_only_transient_failures_are_retried():
 
 def test_training_command_and_env():
     plan = TrainingPlan(track="toolcall", train_path=Path("d/toolcall/train.jsonl"), val_path=Path("d/toolcall/val.jsonl"),
-                        out=Path("ft/adapter_toolcall"), accelerate_config=CPU_CONFIG, max_steps=3)
+                        out=Path("ft/adapter_toolcall"), accelerate_config=CPU_CONFIG,
+                        options=TrainOptions(overwrite=True, max_steps=3))
     command = training_command(plan)
     assert command[1:4] == ["launch", "--config_file", str(CPU_CONFIG)] and command[4:6] == ["-m", "slm_swap.train"]
     assert command[command.index("--out") + 1] == "ft/adapter_toolcall"
@@ -109,7 +111,8 @@ def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_p
     (out / "adapter_config.json").write_text("{}")
     monkeypatch.setenv("SLM_MODEL_PATH", str(tmp_path / "model"))
     settings = Settings()
-    plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out, max_steps=2)
+    plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out,
+                        options=TrainOptions(overwrite=True, max_steps=2))
     manifest = {"track": "toolcall", "base_model": str(tmp_path / "model"), "max_steps": 2,
                 "hyperparameters": hyperparams_for("toolcall").as_dict(), "finished_at": "2026-01-01T10:00:00+00:00",
                 "datasets": {name: {"sha256": sha256_file(data / f"{name}.jsonl")} for name in ("train", "val")}}
@@ -119,7 +122,7 @@ def test_an_adapter_is_reused_only_when_made_from_the_same_inputs_recently(tmp_p
     soon = datetime(2026, 1, 1, 12, tzinfo=timezone.utc)
     assert reusable_adapter(settings, plan, now=soon) == manifest
     assert reusable_adapter(settings, plan, now=datetime(2026, 1, 2, 12, tzinfo=timezone.utc)) is None  # too old
-    assert reusable_adapter(settings, TrainingPlan(**{**plan.__dict__, "max_steps": 5}), now=soon) is None
+    assert reusable_adapter(settings, TrainingPlan(**{**plan.__dict__, "options": TrainOptions(overwrite=True, max_steps=5)}), now=soon) is None
     assert reusable_adapter(settings, TrainingPlan(**{**plan.__dict__, "reuse_max_age_hours": 0}), now=soon) is None
     # Trained with other settings (a batch size other than the track's): not what training would make now.
     write_json(out / MANIFEST, {**manifest, "hyperparameters": hyperparams_for("toolcall", 1).as_dict()})
@@ -149,7 +152,8 @@ def test_train_task_reuses_a_fresh_identical_adapter_without_launching(tmp_path,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "datasets": {name: {"sha256": sha256_file(data / f"{name}.jsonl")} for name in ("train", "val")}}
     write_json(out / MANIFEST, manifest)
-    plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out, max_steps=2)
+    plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out,
+                        options=TrainOptions(overwrite=True, max_steps=2))
     monkeypatch.setattr("tasks.train.ShellOperation", None)  # launching would fail loudly
     assert train_adapter.fn(plan, flow_run_id="run-1") == manifest
 

@@ -9,7 +9,7 @@ import typing
 import pytest
 
 from slm_swap.app.cli import COMMANDS, build_parser, main
-from slm_swap.app.cli_options import flag_of, parse_request
+from slm_swap.infra.cli_options import flag_of, parse_request
 from slm_swap.app.flow_configs import DataSource, PipelineConfig
 
 
@@ -85,3 +85,23 @@ def test_a_value_the_request_refuses_is_one_line_naming_it(capsys, argv, message
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"slm-swap: error: {message}")
+
+
+def test_slm_swap_train_and_the_launched_entry_share_one_declaration_of_the_training_options():
+    from slm_swap.app.finetune_step import TrainingPlan, training_command
+    from slm_swap.app.requests import FinetuneRequest
+    from slm_swap.train.entry import build_parser as entry_parser
+    from slm_swap.train.options import TrainEntryRequest, TrainOptions
+
+    assert {a.dest for a in entry_parser()._actions if a.dest != "help"} == set(TrainEntryRequest.model_fields)
+    assert set(TrainOptions.model_fields) <= set(FinetuneRequest.model_fields)
+    argv = ["--track", "toolcall", "--precision", "fp32", "--sampling", "random", "--max-steps", "3", "--overwrite"]
+    request = parse_request(FinetuneRequest, subparser("train").parse_args(argv), "train")
+    command = training_command(TrainingPlan(track="toolcall", train_path=request.rows_dir() / "t.jsonl",
+                                            val_path=request.rows_dir() / "v.jsonl", out=request.ft_dir / "a",
+                                            options=request.options()))
+    launched = command[command.index("slm_swap.train") + 1:]
+    # What `slm-swap train` was asked is exactly what the launched process parses.
+    entry = parse_request(TrainEntryRequest, entry_parser().parse_args(launched))
+    assert TrainOptions(**entry.model_dump(include=set(TrainOptions.model_fields))) == request.options()
+    assert request.options() != TrainOptions()

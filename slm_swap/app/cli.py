@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from slm_swap.app.cli_options import add_options, parse_request
+from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
                                    FinetuneRequest, InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
@@ -115,8 +115,7 @@ def cmd_train(request: FinetuneRequest) -> int:
         track=request.track, train_path=Path(request.train or rows_dir / request.track / "train.jsonl"),
         val_path=Path(request.val or rows_dir / request.track / "val.jsonl"),
         out=Path(request.out or Path(request.ft_dir) / f"adapter_{request.track}"),
-        accelerate_config=request.accelerate_config, max_steps=request.max_steps, backend=request.backend,
-        batch_size=request.batch_size, overwrite=request.overwrite, resume=request.resume)
+        accelerate_config=request.accelerate_config, options=request.options())
     for rows in (plan.train_path, plan.val_path):  # and bad rows: one line naming the row, before any process starts
         load_training_rows(rows, plan.track)
     command = training_command(plan)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_json, sha256_file
 from slm_swap.train.hyperparams import hyperparams_for
 from slm_swap.train.launch import launch_command
+from slm_swap.train.options import TrainOptions
 from slm_swap.train.run import MANIFEST
 
 
@@ -36,28 +37,23 @@ class TrainingPlan:
     val_path: Path
     out: Path
     accelerate_config: Path | None = None
-    max_steps: int = -1
     reuse_max_age_hours: float = 12.0
-    backend: str = "auto"
-    batch_size: int | None = None  # None: the track's
-    overwrite: bool = True  # the pipeline retrains in place; `slm-swap train` only with --overwrite
-    resume: bool = False
+    # The pipeline retrains in place (`overwrite`); `slm-swap train` passes the user's options.
+    options: TrainOptions = field(default_factory=lambda: TrainOptions(overwrite=True))
 
 
 def training_plan(config: PipelineConfig, track: str) -> TrainingPlan:
     data_dir = Path(config.data_dir)
     return TrainingPlan(track=track, train_path=data_dir / track / "train.jsonl", val_path=data_dir / track / "val.jsonl",
                         out=adapter_dir(config, track), accelerate_config=config.accelerate_config,
-                        max_steps=config.max_steps, reuse_max_age_hours=config.reuse_max_age_hours)
+                        reuse_max_age_hours=config.reuse_max_age_hours,
+                        options=TrainOptions(overwrite=True, max_steps=config.max_steps))
 
 
 def training_command(plan: TrainingPlan) -> list[str]:
     """`accelerate launch --config_file ... -m slm_swap.train ...` (the library builds it)."""
-    extra = [*(["--overwrite"] if plan.overwrite else []), *(["--resume"] if plan.resume else []),
-             "--backend", plan.backend, "--max-steps", str(plan.max_steps),
-             *(["--batch-size", str(plan.batch_size)] if plan.batch_size is not None else [])]
     return launch_command(track=plan.track, train=plan.train_path, val=plan.val_path, out=plan.out,
-                          accelerate_config=plan.accelerate_config, extra=extra)
+                          accelerate_config=plan.accelerate_config, extra=plan.options.launch_args())
 
 
 def training_env(flow_run_id: str | None) -> dict[str, str]:
@@ -93,7 +89,7 @@ def reusable_adapter(settings: Settings, plan: TrainingPlan, now: datetime | Non
         same_data
         and manifest.get("track") == plan.track
         and manifest.get("base_model") == str(settings.slm_model_path)
-        and asked.get("max_steps") == plan.max_steps
+        and asked.get("max_steps") == plan.options.max_steps
         and asked.get("hyperparameters") == hyperparams_for(plan.track).as_dict()
         and (Path(plan.out) / "adapter_config.json").is_file()
     )

@@ -1,6 +1,6 @@
 """The Prefect flows' one parameter each: `PipelineConfig` (`slm-swap-pipeline`) and `DistillConfig`
 (`slm-swap-distill`). `slm-swap pipeline|distill` generate their flags from these same models
-(`slm_swap.app.cli_options`), so the CLI, the Prefect UI's parameter form and the library share one
+(`slm_swap.infra.cli_options`), so the CLI, the Prefect UI's parameter form and the library share one
 declaration: each field's default and help text are here and nowhere else."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, field_validator
 
 from slm_swap.app.requests import (ACCELERATE_CONFIG_HELP, DEFAULT_DISTILL_EVAL_DIR, DEFAULT_FINETUNE_DEPLOYMENT,
-                                   FinetuneMode, Request, SourceOptions, Split, Track, concurrency_option,
-                                   load_in_4bit_option, max_retries_option, option, timeout_option)
+                                   FinetuneMode, SourceOptions, Split, Track, concurrency_option, load_in_4bit_option,
+                                   max_retries_option, timeout_option)
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
+from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
                                    DEFAULT_TRAJECTORIES_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS

@@ -1,6 +1,10 @@
 """The pipeline's report: baseline and fine-tuned metrics, gaps, decisions and Langfuse trace ids,
 as table rows, markdown and a PNG chart (matplotlib's Agg canvas, no display needed).
 
+It opens with the story in words a newcomer follows, per track: what each side scored (passes out
+of n test rows), what the gate decided, and how many of the rows the SLM was behind by fine-tuning
+won back. A hosted side that is the scripted stand-in (`trajectories.teacher`) is named as such.
+
 Pure functions over `TrackReport`s, plus `write_report` which writes `report.md`, `report.json`
 and `report.png` into the eval folder. The Prefect report task turns the same rows and markdown
 into artifacts.
@@ -17,6 +21,7 @@ from typing import Any, Callable
 from slm_swap.core.compare import Decision, delta_text, format_decision
 from slm_swap.core.tracks import get_track
 from slm_swap.infra.fileio import atomic_write_bytes, atomic_write_text, write_json
+from slm_swap.trajectories.teacher import is_scripted
 
 SIDES = (("hosted", "hosted"), ("slm", "SLM"), ("slm_ft", "SLM fine-tuned"))
 
@@ -95,13 +100,76 @@ def _signed(value: float | None) -> str:
 
 def verdict(report: TrackReport) -> str:
     """One line per track: what the decision was and what training did about it."""
-    if not report.trained:
-        return "SLM trails: FINE_TUNE=1, not fine-tuned" if report.decision.fine_tune else "SLM keeps up: FINE_TUNE=0"
     before = f"FINE_TUNE={int(report.decision.fine_tune)}"
+    if not report.trained:
+        return f"{before}: the SLM trails, not fine-tuned" if report.decision.fine_tune else f"{before}: the SLM keeps up"
+    before += ": the SLM trailed" if report.decision.fine_tune else ": the SLM kept up, fine-tuned anyway"
     if report.final is None:
-        return f"{before}, fine-tuned (no final compare)"
-    after = "the fine-tuned SLM keeps up" if not report.final.fine_tune else "the fine-tuned SLM still trails"
-    return f"{before}, fine-tuned: {after} (FINE_TUNE={int(report.final.fine_tune)})"
+        return f"{before}; fine-tuned (no final compare)"
+    after = "it still trails" if report.final.fine_tune else "it keeps up"
+    return f"{before}; fine-tuned, {after} (FINE_TUNE={int(report.final.fine_tune)})"
+
+
+def hosted_identity(report: TrackReport) -> str | None:
+    model = report.hosted.get("model")
+    return model.get("identity") if isinstance(model, dict) else None
+
+
+def stand_in_note(reports: list[TrackReport]) -> str | None:
+    """The warning a report opens with when the hosted answers came from the scripted stand-in."""
+    identities = sorted({i for report in reports if is_scripted(i := hosted_identity(report))})
+    if not identities:
+        return None
+    return (f"The hosted side here is a SCRIPTED STAND-IN, NOT A MODEL ({', '.join(identities)}): it answers each "
+            "test row from the row's gold answer and is wrong on purpose on a few rows, so it scores high but not "
+            "perfectly. Set AZURE_* to evaluate a real deployment.")
+
+
+def _ft_passes(report: TrackReport, name: str, n: int) -> int | None:
+    """The fine-tuned SLM's passes on `name`: from the final compare, else from its metrics file."""
+    if report.final is not None:
+        return next((row.candidate_passes for row in report.final.rows if row.name == name), None)
+    rate = _rate(report.slm_ft, name)
+    return None if rate is None else round(rate * n)
+
+
+def story(report: TrackReport) -> list[str]:
+    """The track in plain words: the gate's decision, then one line per core metric with pass counts."""
+    hosted = "the hosted stand-in" if is_scripted(hosted_identity(report)) else "the hosted model"
+    decision, delta = report.decision, delta_text(report.decision.delta)
+    if decision.fine_tune:
+        lines = [f"{report.track} ({decision.n} test rows): the SLM trails {hosted} by more than delta={delta} on "
+                 f"{', '.join(decision.trailing)}, so the gate said fine-tune (FINE_TUNE=1)."]
+    else:
+        lines = [f"{report.track} ({decision.n} test rows): the SLM is within delta={delta} of {hosted} on every core "
+                 "metric, so the gate said no fine-tune is needed (FINE_TUNE=0)."]
+    if report.trained and not decision.fine_tune:
+        lines[0] += " It was fine-tuned anyway (--finetune always)."
+    elif decision.fine_tune and not report.trained:
+        lines[0] += " This run did not fine-tune (--finetune never)."
+    if report.final is not None:
+        lines[0] += (f" After fine-tuning it still trails on {', '.join(report.final.trailing)} (FINE_TUNE=1)."
+                     if report.final.fine_tune else " After fine-tuning it keeps up (FINE_TUNE=0).")
+    for row in decision.rows:
+        if not row.core:
+            continue
+        hosted_passes, slm_passes, n = row.reference_passes, row.candidate_passes, row.n
+        line = f"{row.name}: {hosted} passes {hosted_passes}/{n}, the SLM {slm_passes}/{n}"
+        tuned = _ft_passes(report, row.name, n) if report.trained else None
+        if tuned is not None:
+            gap, gain = hosted_passes - slm_passes, tuned - slm_passes
+            line += f", the fine-tuned SLM {tuned}/{n}"
+            if gap <= 0:
+                line += f": there was no gap to close ({gain:+d} rows)"
+            elif gain <= 0:
+                line += f": fine-tuning won back none of the {gap} rows it was behind" + (f" and lost {-gain}" if gain else "")
+            elif gain >= gap:
+                line += f": fine-tuning won back all {gap} rows it was behind" + (
+                    f" and {tuned - hosted_passes} more" if tuned > hosted_passes else "")
+            else:
+                line += f": fine-tuning won back {gain} of the {gap} rows it was behind"
+        lines.append(line)
+    return lines
 
 
 def markdown(
@@ -120,9 +188,17 @@ def markdown(
     if flow_run_id:
         lines += [f"Prefect flow run: `{flow_run_id}`", ""]
     lines += preface or []
+    lines += ["## In short", ""]
+    if note := stand_in_note(reports):
+        lines += [f"**{note}**", ""]
+    for report in reports:
+        headline, *details = story(report)
+        lines += [headline, ""] + [f"- {detail}" for detail in details] + [""]
     for report in reports:
         delta = report.decision.delta
+        identity = hosted_identity(report)
         lines += [f"## {report.track}: {verdict(report)}", "",
+                  *([f"Hosted side: `{identity}`.", ""] if identity else []),
                   f"n={report.decision.n}, delta={delta_text(delta)}; gap = hosted - SLM (the SLM trails where gap > delta).", "",
                   "| metric | hosted | SLM | gap | SLM fine-tuned | gap after |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -154,13 +230,18 @@ def markdown(
 
 
 def decisions_text(reports: list[TrackReport]) -> str:
-    """The compare tables (as `slm-swap compare` prints them), baseline and after fine-tuning, per track."""
+    """The compare tables (as `slm-swap compare` prints them), baseline and after fine-tuning, per
+    track; then the story in words (the stand-in note first, when it played the hosted side)."""
     parts = []
     for report in reports:
         parts += [f"== {report.track}: baseline", format_decision(report.decision)]
         if report.final is not None:
             parts += [f"== {report.track}: fine-tuned", format_decision(report.final)]
         parts += [f"-> {report.track}: {verdict(report)}", ""]
+    parts += ["== in short"] + ([note] if (note := stand_in_note(reports)) else [])
+    for report in reports:
+        headline, *details = story(report)
+        parts += [headline] + [f"  {detail}" for detail in details]
     return "\n".join(parts).rstrip("\n")
 
 
@@ -174,6 +255,7 @@ def summary(reports: list[TrackReport], *, flow_run_id: str | None = None) -> di
             "adapter_manifest": report.training,
             "final_decision": report.final.as_dict() if report.final else None,
             "verdict": verdict(report),
+            "story": story(report),
             "langfuse_trace_ids": report.trace_ids(),
             "langfuse_experiments": dict(zip(("hosted", "slm", "slm_ft"), report.experiments())),
         }

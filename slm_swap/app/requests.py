@@ -1,13 +1,11 @@
 """One typed request per command: every option of every `slm-swap` command, declared once.
 
-The CLI's flags are generated from these models (`slm_swap.app.cli_options`: flag, type, default,
+The CLI's flags are generated from these models (`slm_swap.infra.cli_options`: flag, type, default,
 choices and `--help` text all come from the field), the Prefect flows take `PipelineConfig` and
 `DistillConfig` as their one parameter, and the library's steps read the same objects. A default
 lives here or in the library constant a field points at, nowhere else.
 
-`option(default, help, ...)` is a pydantic `Field` whose description is the flag's help text;
-`flag=` names a flag that differs from the field (`timeout_s` is `--timeout`), `repeat=True` makes a
-list flag repeatable (`--category A --category B`), `cli=False` keeps a field off the command line.
+`option` and `Request` (`slm_swap.infra.cli_options`) declare a field with its help text and flag.
 """
 
 from __future__ import annotations
@@ -15,14 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import model_validator
 
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
 from slm_swap.core.tracks import TRACKS, get_track
+from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
                                    DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
+from slm_swap.train.options import TrainOptions
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
 Track = Literal[tuple(TRACKS)]  # type: ignore[valid-type]  (the track registry's names)
@@ -34,21 +34,6 @@ FINETUNE_MODES: tuple[str, ...] = ("auto", "always", "never")
 DEFAULT_FINETUNE_DEPLOYMENT = "slm-swap-finetune/gpu"
 DEFAULT_DISTILL_EVAL_DIR = DEFAULT_EVAL_DIR / "distill"
 ACCELERATE_CONFIG_HELP = "accelerate config (default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml)"
-
-
-def option(default: Any = ..., help: str = "", *, flag: str | None = None, repeat: bool = False,
-           metavar: str | None = None, cli: bool = True, **constraints: Any) -> Any:
-    """A field with its --help text and how it appears on the command line."""
-    extra = {key: value for key, value in (("flag", flag), ("repeat", repeat or None), ("metavar", metavar),
-                                           ("cli", None if cli else False)) if value is not None}
-    if isinstance(default, (list, BaseModel)):  # a fresh copy per instance
-        factory = (lambda: list(default)) if isinstance(default, list) else default.model_copy
-        return Field(default_factory=factory, description=help, json_schema_extra=extra or None, **constraints)
-    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def rows_dir(track: str, data_dir: Path | None) -> Path:
@@ -164,7 +149,10 @@ class ServeRequest(Request):
     load_in_4bit: bool | None = load_in_4bit_option()
 
 
-class FinetuneRequest(Request):
+class FinetuneRequest(TrainOptions):
+    """`slm-swap train`: where the rows and the adapter are, and how to train (`TrainOptions`, which
+    `python -m slm_swap.train` takes as well)."""
+
     track: Track = option(..., "agent: train on `build`'s conversation rows, loss on the assistant turns only (not on "
                                "the system prompt, the task or any observation)")
     data_dir: Path | None = option(None, f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
@@ -173,16 +161,12 @@ class FinetuneRequest(Request):
     ft_dir: Path = option(DEFAULT_FT_DIR, "")
     out: Path | None = option(None, "adapter folder (default: <ft-dir>/adapter_<track>)")
     accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
-    backend: Literal["auto", "unsloth", "bnb", "cpu"] = option("auto", "auto: unsloth on CUDA if installed, else "
-                                                                       "bitsandbytes on CUDA, else cpu")
-    overwrite: bool = option(False, "replace an existing adapter")
-    resume: bool = option(False, "continue from the latest checkpoint")
-    max_steps: int = option(-1, "cap optimizer steps (-1: one epoch)")
-    batch_size: int | None = option(None, "rows per device per optimizer step (default: the track's: " + ", ".join(
-        f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
 
     def rows_dir(self) -> Path:
         return rows_dir(self.track, self.data_dir)
+
+    def options(self) -> TrainOptions:
+        return TrainOptions(**self.model_dump(include=set(TrainOptions.model_fields)))
 
 
 class CompareRequest(Request):

@@ -19,36 +19,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from slm_swap.core.tracks import TRACKS
+from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.infra.errors import SlmSwapError
+from slm_swap.train.options import TrainEntryRequest, TrainOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m slm_swap.train", description="Fine-tune a LoRA adapter (run under accelerate launch or torchrun).")
-    parser.add_argument("--track", required=True, choices=tuple(TRACKS),
-                        help="agent: conversation rows of `slm-swap build`, loss on the assistant turns only")
-    parser.add_argument("--train", required=True, help="train split JSONL")
-    parser.add_argument("--val", required=True, help="validation split JSONL")
-    parser.add_argument("--out", required=True, help="adapter folder, e.g. slm_swap/04_ft/adapter_<track>")
-    parser.add_argument("--backend", default="auto", choices=("auto", "unsloth", "bnb", "cpu"),
-                        help="auto: unsloth on CUDA if installed, else bitsandbytes on CUDA, else cpu (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <out>.checkpoints/")
-    parser.add_argument("--sampling", default="group_by_length", choices=("group_by_length", "random"),
-                        help="batch formation (default: %(default)s)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32 for the "
-                             "same numbers on every CPU (default: %(default)s)")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (default: one epoch)")
-    parser.add_argument("--batch-size", type=int, help="rows per device per optimizer step (default: the track's: "
-                        + ", ".join(f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
-    parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="python -m slm_swap.train",
+                                     description="Fine-tune a LoRA adapter (run under accelerate launch or torchrun).")
+    add_options(parser, TrainEntryRequest)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        args = parse_request(TrainEntryRequest, args)
         manifest = _train(args)
     except SlmSwapError as exc:
         print(f"slm_swap.train: error: {exc}", file=sys.stderr)
@@ -65,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> dict | None:
+def _train(args: TrainEntryRequest) -> dict | None:
     import os
 
     from slm_swap.infra.config import load_settings
@@ -82,12 +68,7 @@ def _train(args: argparse.Namespace) -> dict | None:
         val_path=Path(args.val),
         out_dir=Path(args.out),
         model_path=Path(settings.slm_model_path),
-        backend=args.backend,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        sampling=args.sampling, precision=args.precision,
-        max_steps=args.max_steps,
-        save_steps=args.save_steps,
+        **args.model_dump(include=set(TrainOptions.model_fields) - {"batch_size"}),
         hp=hyperparams_for(args.track, args.batch_size),
     )
     metadata = {"command": "train", "prefect_flow_run_id": settings.prefect_flow_run_id}

@@ -29,25 +29,25 @@ from slm_swap.train.backends import choose_backend, determinism, load_for_traini
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
 from slm_swap.train.manifest import MANIFEST, requested_settings, what_ran
-SAMPLING = ("group_by_length", "random")
-PRECISIONS = ("auto", "bf16", "fp32")
+from slm_swap.train.options import PRECISIONS, SAMPLING, TRAIN_DEFAULTS
 
 
 @dataclass(frozen=True)
 class TrainRequest:
+    """One run's inputs; the options' defaults and meanings are `TrainOptions`' (slm_swap.train.options)."""
+
     track: str
     train_path: Path
     val_path: Path
     out_dir: Path
     model_path: Path
-    backend: str = "auto"
-    overwrite: bool = False
-    resume: bool = False
-    # Length-grouped batches waste less compute on padding than random ones (bench/train_throughput.py).
-    sampling: str = "group_by_length"
-    save_steps: int = 50
-    max_steps: int = -1  # -1: the seed's one epoch; tests and benchmarks may cap it
-    precision: str = "auto"  # auto: bf16 autocast where the device has it (CUDA, or a CPU with AVX512-BF16/AMX); else fp32
+    backend: str = TRAIN_DEFAULTS.backend
+    overwrite: bool = TRAIN_DEFAULTS.overwrite
+    resume: bool = TRAIN_DEFAULTS.resume
+    sampling: str = TRAIN_DEFAULTS.sampling
+    save_steps: int = TRAIN_DEFAULTS.save_steps
+    max_steps: int = TRAIN_DEFAULTS.max_steps  # tests and benchmarks may cap it
+    precision: str = TRAIN_DEFAULTS.precision
     hp: HyperParams | None = None  # None: the seed's settings with the track's batch size (`hyperparams_for`)
 
     @property

@@ -1,5 +1,10 @@
-"""Command-line flags generated from a request model (`slm_swap.app.requests`), and the model back
-from the parsed flags: the model is the one declaration of a command's options.
+"""Requests as typed models, their command-line flags generated from them, and the model back from
+the parsed flags: the model is the one declaration of a command's options (`slm_swap.app.requests`,
+`slm_swap.train.options`).
+
+`option(default, help, ...)` is a pydantic `Field` whose description is the flag's help text;
+`flag=` names a flag that differs from the field (`timeout_s` is `--timeout`), `repeat=True` makes a
+list flag repeatable (`--category A --category B`), `cli=False` keeps a field off the command line.
 
     add_options(parser, EvalRequest)                   # --track {structured,toolcall,agent} ... --timeout TIMEOUT_S
     request = parse_request(EvalRequest, args, "eval")   # validated; a bad value is one SlmSwapError line
@@ -17,11 +22,28 @@ import types
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from slm_swap.infra.errors import SlmSwapError
+
+
+class Request(BaseModel):
+    """A command's options: unknown ones are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def option(default: Any = ..., help: str = "", *, flag: str | None = None, repeat: bool = False,
+           metavar: str | None = None, cli: bool = True, **constraints: Any) -> Any:
+    """A field with its --help text and how it appears on the command line."""
+    extra = {key: value for key, value in (("flag", flag), ("repeat", repeat or None), ("metavar", metavar),
+                                           ("cli", None if cli else False)) if value is not None}
+    if isinstance(default, (list, BaseModel)):  # a fresh copy per instance
+        factory = (lambda: list(default)) if isinstance(default, list) else default.model_copy
+        return Field(default_factory=factory, description=help, json_schema_extra=extra or None, **constraints)
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
 def _extra(field: FieldInfo) -> dict[str, Any]:
@@ -54,7 +76,8 @@ def _default_text(field: FieldInfo) -> str:
 
 def add_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
     """One flag per field of `model` (nested models flattened)."""
-    for name, field in model.model_fields.items():
+    # Required fields first, as --help reads best; then the rest in declaration order.
+    for name, field in sorted(model.model_fields.items(), key=lambda item: not item[1].is_required()):
         if _extra(field).get("cli") is False:
             continue
         if nested := _nested_model(field.annotation):
@@ -109,10 +132,11 @@ def _where(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return ".".join(map(str, loc)) or "options"
 
 
-def parse_request(model: type[BaseModel], namespace: argparse.Namespace, command: str) -> Any:
+def parse_request(model: type[BaseModel], namespace: argparse.Namespace, command: str = "") -> Any:
     """The command's request from its parsed flags; a value the model refuses is one line naming its flag."""
     try:
         return model.model_validate(_values(model, namespace))
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise SlmSwapError(f"{command}: {_where(model, error['loc'])}: {error['msg'].removeprefix('Value error, ')}") from None
+        where = f"{command}: " if command else ""
+        raise SlmSwapError(f"{where}{_where(model, error['loc'])}: {error['msg'].removeprefix('Value error, ')}") from None
