@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, from nothing (set-up included):
 #   bash scripts/main.sh
-# embedded model -> BFCL dataset -> `slm-swap serve` as the hosted stand-in -> the Prefect flow
-# `slm-swap-pipeline` (`slm-swap pipeline`): baseline evals of both tracks (hosted and SLM) ->
-# compare -> fine-tune on CPU -> re-evaluate -> final compare -> report (05_eval/report.md, .png).
-# With a real Azure deployment, export AZURE_* and the stand-in is not started.
+# embedded model -> BFCL dataset -> the hosted stand-in -> the Prefect flow `slm-swap-pipeline`
+# (`slm-swap pipeline --finetune auto`): baseline evals of both tracks (hosted and SLM) -> compare
+# -> fine-tune on CPU where the SLM trails -> re-evaluate -> final compare -> report
+# (05_eval/report.md, .png).
+# The stand-in is the scripted teacher (`python -m slm_swap.trajectories.teacher`): NOT A MODEL, it
+# answers each eval row from the row's gold answer, with scripted faults on some rows, so the hosted
+# side scores high but not perfectly and the gate decides by itself. With a real Azure deployment
+# (export AZURE_*) or another hosted server (HOSTED_BASE_URL, HOSTED_MODEL) the stand-in is not started.
 # The flow runs in-process on a temporary local Prefect API; set PREFECT_API_URL to see it in a
 # Prefect UI (docs/prefect.md). Re-running within 12 hours reuses finished evals and adapters.
 set -euo pipefail
@@ -17,34 +21,27 @@ if [ -z "${LANGFUSE_PUBLIC_KEY:-}" ]; then export LANGFUSE_DISABLED=1; fi
 
 slm-swap models fetch
 # 80 train rows per track: 20 fine-tuning steps, enough for the embedded model to learn both output
-# formats (bench/finetune_gain.py) while the whole job stays within 15 minutes on 2 CPU cores.
-slm-swap prepare --source bfcl --train 80
+# formats (bench/finetune_gain.py); 24 test rows per track, so one row is about 4 points of a rate;
+# the whole job stays within 15 minutes on 2 CPU cores.
+slm-swap prepare --source bfcl --train 80 --test 24
 
-finetune=auto  # with a real hosted model: fine-tune only the tracks where compare says FINE_TUNE=1
 if [ -z "${AZURE_ENDPOINT:-}" ] && [ -z "${HOSTED_BASE_URL:-}" ]; then
-  # The stand-in serves the same base model as the SLM, so the two sides tie and compare says
-  # FINE_TUNE=0: `auto` would skip training. The demo fine-tunes anyway (`--finetune always`) to
-  # show that path; with a real Azure deployment `auto` is the default.
   port=${SLM_SWAP_DEMO_PORT:-8765}
-  # The stand-in and the SLM evals share this CPU during the baselines: one torch thread for the
-  # stand-in keeps the two processes from fighting over the cores (4 threads on 2 cores made that
-  # phase 2x slower), and a batch of 16 takes both tracks' 8 parallel requests at once. Baselines
-  # measured on 2 cores, 2026-12-06: 312 s with the defaults, 150 s with these.
-  OMP_NUM_THREADS=1 slm-swap serve --port "$port" --model-name hosted-stand-in --batch-size 16 \
-    > slm_swap/05_eval/stand-in.log 2>&1 &
+  # "not-a-model" in the name puts the fact into every metrics file's model identity and the report.
+  # Every 12th BFCL row answers with a wrong argument and every 15th is cut off (unparseable):
+  # 3 and 1 of the 24 test rows (seed 0).
+  export HOSTED_BASE_URL="http://127.0.0.1:$port/v1" HOSTED_MODEL=scripted-stand-in-not-a-model
+  python -m slm_swap.trajectories.teacher --port "$port" --source bfcl --model-name "$HOSTED_MODEL" \
+    --fault wrong=12 --fault broken=15 > slm_swap/05_eval/stand-in.log 2>&1 &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
-  export HOSTED_BASE_URL="http://127.0.0.1:$port/v1" HOSTED_MODEL=hosted-stand-in
-  for _ in $(seq 1 120); do curl -sf "$HOSTED_BASE_URL/models" >/dev/null && break; sleep 1; done
-  finetune=always
-  # The stand-in generates on the same CPU as the SLM evals running beside it: give it time.
-  hosted_timeout=600
-  echo "hosted side: the local stand-in (same base model as the SLM, so the sides tie and auto would skip" \
-       "training): running the pipeline with --finetune always to show the fine-tune path"
+  for _ in $(seq 1 60); do curl -sf "$HOSTED_BASE_URL/models" >/dev/null && break; sleep 1; done
+  kill -0 "$server" 2>/dev/null || { cat slm_swap/05_eval/stand-in.log; echo "the hosted stand-in did not start" >&2; exit 1; }
+  echo "hosted side: a SCRIPTED STAND-IN, NOT A MODEL: it answers every test row from the row's gold answer," \
+       "wrong on purpose on a few rows (slm_swap/05_eval/stand-in.log). Export AZURE_* to evaluate a real deployment."
 fi
 
-slm-swap pipeline --tracks structured toolcall --split test --delta 0.01 --finetune "$finetune" \
-  --timeout "${hosted_timeout:-60}"
+slm-swap pipeline --tracks structured toolcall --split test --delta 0.01 --finetune auto
 
 echo
 echo "report: slm_swap/05_eval/report.md (markdown) and slm_swap/05_eval/report.png (chart);" \

@@ -1,23 +1,30 @@
-"""A scripted teacher: an OpenAI-compatible server on 127.0.0.1 that answers in CodeAct form from gold calls.
+"""A scripted teacher: an OpenAI-compatible server on 127.0.0.1 that answers from the gold answers.
 
-It is not a model. For each task (a source row, found by the task text the agent sends) it writes the
-CodeAct turns a good teacher would: call the gold function with the gold arguments and print the
-result, then `final_answer(result)`. Faults can be scripted per row, so tests, the capture benchmark
-and the distill demo know exactly which trajectories a filter must keep:
+It is not a model. It answers two kinds of request, finding the source row by its text:
 
-    correct   the gold call, then final_answer                         -> accepted
-    wrong     the gold function with its first argument changed       -> wrong_call
-    broken    code that does not parse, every step                     -> unresolved_code_error
-    fixed     broken code first, then the gold call, then final_answer -> accepted (error resolved)
-    endless   prints a note every step, never calls a tool or finishes -> no_final_answer
-    busy      the first request answers 429 (Retry-After: 0), then as `correct` -> accepted
-    down      every request answers 500                                -> request_failed
+- a CodeAct agent turn (the task text the agent sends): the turns a good teacher would write, i.e.
+  call the gold function with the gold arguments and print the result, then `final_answer(result)`;
+- a v0 row of either track (the eval's [system, user] messages, the user's the row's prompt): the
+  row's gold completion. As the main job's hosted stand-in it lets the demo show a hosted side that
+  scores high, so the gate decides to fine-tune by itself.
+
+Faults can be scripted per row, so tests, the capture benchmark and the demos know exactly which
+answers are wrong (agent verdict, then the v0 answer):
+
+    correct   the gold call, then final_answer                         -> accepted;  the gold completion
+    wrong     the gold function with its first argument changed       -> wrong_call; that call (valid, not exact)
+    broken    code that does not parse, every step                     -> unresolved_code_error; the gold
+                                                                          completion without its last character
+    fixed     broken code first, then the gold call, then final_answer -> accepted;  the gold completion (one turn)
+    endless   prints a note every step, never calls a tool or finishes -> no_final_answer; a sentence, no call
+    busy      the first request answers 429 (Retry-After: 0), then as `correct`
+    down      every request answers 500                                -> request_failed; a failed request
 
     python -m slm_swap.trajectories.teacher --port 8011 --source bfcl --fault wrong=5 --fault broken=7
 
 Both the OpenAI route (`/v1/chat/completions`) and Azure's (`/openai/deployments/NAME/chat/completions`)
-are served; any API key is accepted and none is logged. `stop` sequences are honoured as OpenAI does
-(the text ends before the first one).
+are served, and `/v1/models`; any API key is accepted and none is logged. `stop` sequences are
+honoured as OpenAI does (the text ends before the first one).
 """
 
 from __future__ import annotations
@@ -30,11 +37,22 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from slm_swap.core.prompts import build_prompt
+from slm_swap.core.tracks import ROW_TRACKS, get_row_track
 from slm_swap.data.examples import Example
 from slm_swap.trajectories.codeact import python_name
 
 BEHAVIOURS = ("correct", "wrong", "broken", "fixed", "endless", "busy", "down")
 TASK_PREFIX = "New task:\n"
+# In every model name this server is given to answer as: the metrics files, traces and the report
+# then say, in the model's identity, that the "hosted" answers came from no model.
+NOT_A_MODEL = "not-a-model"
+DEFAULT_MODEL = f"scripted-teacher-{NOT_A_MODEL}"
+
+
+def is_scripted(identity: str | None) -> bool:
+    """Whether a model identity (a metrics file's `model.identity`) names this server, not a model."""
+    return bool(identity) and NOT_A_MODEL in identity
 
 
 class LoopbackHTTPServer(ThreadingHTTPServer):
@@ -86,6 +104,17 @@ def codeact_turn(example: Example, behaviour: str, step: int) -> str:
     return "Thought: I have the tool's result.\n<code>\nfinal_answer(result)\n</code>"
 
 
+def row_answer(example: Example, track: str, behaviour: str) -> str:
+    """The answer to the v0 row of `track` made from `example` (one turn, so `fixed` is `correct`)."""
+    row_track = get_row_track(track)
+    if behaviour == "endless":
+        return "I am still thinking about this request."
+    arguments = wrong_arguments(example.arguments) if behaviour == "wrong" else example.arguments
+    completion = row_track.completion(example.name, arguments)
+    # Every v0 completion ends in a closing delimiter (`}` or `>`): cut off, it parses as neither track.
+    return completion[:-1] if behaviour == "broken" else completion
+
+
 def _text(content: Any) -> str:
     if isinstance(content, list):  # OpenAI content parts
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
@@ -94,11 +123,15 @@ def _text(content: Any) -> str:
 
 class ScriptedTeacher:
     """The server. `behaviours` maps a row id to one of BEHAVIOURS (default `correct`);
-    `step_delay_s` is added to every answer (the capture benchmark's 200 ms per step)."""
+    `step_delay_s` is added to every answer (the capture benchmark's 200 ms per step); `model` is
+    the name it answers as (keep `NOT_A_MODEL` in it)."""
 
     def __init__(self, examples: list[Example], behaviours: dict[str, str] | None = None, *,
-                 step_delay_s: float = 0.0, port: int = 0, model: str = "scripted-teacher"):
+                 step_delay_s: float = 0.0, port: int = 0, model: str = DEFAULT_MODEL):
         self.by_task = {example.request: example for example in examples}
+        # A v0 row's prompt is built from its example, so the exact prompt names the row and its track.
+        self.by_prompt = {build_prompt(track, example.request, example.functions): (example, track)
+                          for example in examples for track in ROW_TRACKS}
         self.behaviours = dict(behaviours or {})
         unknown = sorted(set(self.behaviours.values()) - set(BEHAVIOURS))
         if unknown:
@@ -106,7 +139,7 @@ class ScriptedTeacher:
         self.step_delay_s, self.model = step_delay_s, model
         self.requests = 0  # chat completions answered or refused, all tasks
         self.max_tokens_asked: set[Any] = set()  # the `max_tokens` of every request (the turn budget it was given)
-        self.asked: dict[str, int] = {}  # requests per row id
+        self.asked: dict[str, int] = {}  # requests per row id (agent tasks), per "track:row id" (v0 rows)
         self._lock = threading.Lock()
         self._server = LoopbackHTTPServer(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
@@ -145,16 +178,22 @@ class ScriptedTeacher:
         texts = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
         task = next((t[len(TASK_PREFIX):] for role, t in texts if role == "user" and t.startswith(TASK_PREFIX)), None)
         example = self.by_task.get(task) if task is not None else None
-        if example is None:  # smolagents' "give your best answer" request past the step limit, or a stranger
+        row = next((self.by_prompt[t] for role, t in texts if role == "user" and t in self.by_prompt), None)
+        if example is None and row is None:  # smolagents' "give your best answer" request past the step limit, or a stranger
             return 200, "I could not complete the task."
-        behaviour = self.behaviours.get(example.id, "correct")
+        # An agent task and a v0 row of each track are asked apart: each has its own first request (`busy`).
+        row_id, key = (example.id, example.id) if example is not None else (row[0].id, f"{row[1]}:{row[0].id}")
+        behaviour = self.behaviours.get(row_id, "correct")
         with self._lock:
-            self.asked[example.id] = self.asked.get(example.id, 0) + 1
-            first = self.asked[example.id] == 1
+            self.asked[key] = self.asked.get(key, 0) + 1
+            first = self.asked[key] == 1
         if behaviour == "down" or (behaviour == "busy" and first):
             return (500 if behaviour == "down" else 429), f"scripted {behaviour}"
-        step = 1 + sum(1 for role, _ in texts if role == "assistant")
-        text = codeact_turn(example, behaviour, step)
+        if example is None:
+            text = row_answer(row[0], row[1], behaviour)
+        else:
+            step = 1 + sum(1 for role, _ in texts if role == "assistant")
+            text = codeact_turn(example, behaviour, step)
         for stop in body.get("stop") or []:
             if stop and stop in text:
                 text = text[: text.index(stop)]
@@ -176,6 +215,11 @@ class ScriptedTeacher:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if not self.path.split("?", 1)[0].endswith("/models"):
+                    return self._send(404, {"error": {"message": "not found", "type": "not_found"}})
+                self._send(200, {"object": "list", "data": [{"id": teacher.model, "object": "model", "owned_by": "slm-swap"}]})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -234,14 +278,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--category", action="append", help="--source bfcl: BFCL category, repeatable (default: simple_python)")
     parser.add_argument("--fault", action="append", default=[], metavar="NAME=K", help="every K-th row behaves as NAME (repeatable)")
     parser.add_argument("--step-delay", type=float, default=0.0, help="seconds added to every answer (default: %(default)s)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL,
+                        help=f"the name it answers as; must contain {NOT_A_MODEL!r} (default: %(default)s)")
     args = parser.parse_args(argv)
     examples, _, _ = load_source(args.source, args.dataset_path, tuple(args.category or ()))
+    if NOT_A_MODEL not in args.model_name:
+        parser.error(f"--model-name {args.model_name!r}: must contain {NOT_A_MODEL!r}, so no record mistakes it for a model")
     try:
         behaviours = parse_faults(args.fault, examples)
     except ValueError as exc:
         parser.error(str(exc))
-    teacher = ScriptedTeacher(examples, behaviours, step_delay_s=args.step_delay, port=args.port)
-    print(f"scripted teacher (answers from gold calls; not a model) on {teacher.url}, {len(examples)} tasks", flush=True)
+    teacher = ScriptedTeacher(examples, behaviours, step_delay_s=args.step_delay, port=args.port, model=args.model_name)
+    faults = ", ".join(args.fault) or "none"
+    print(f"scripted teacher on {teacher.url} as {args.model_name!r}: NOT A MODEL; it answers agent tasks and v0 rows "
+          f"of {len(examples)} {args.source} source rows from their gold answers, with scripted faults ({faults})", flush=True)
     try:
         teacher.serve_forever()
     except KeyboardInterrupt:
