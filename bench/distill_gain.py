@@ -59,7 +59,7 @@ def main() -> None:
     examples, _ = source_examples("bfcl", limit=None)
     with tempfile.TemporaryDirectory() as tmp, ScriptedTeacher(examples, parse_faults(FAULTS, examples)) as teacher:
         tmp = Path(tmp)
-        os.environ.update(HOSTED_BASE_URL=teacher.url, HOSTED_MODEL="scripted-teacher")
+        os.environ.update(HOSTED_BASE_URL=teacher.url, HOSTED_MODEL=teacher.model)
         trajectories, data = tmp / "03" / "trajectories.jsonl", tmp / "02"
         assert cli(["capture", "--limit", str(args.tasks), "--max-steps", str(args.max_steps),
                     "--max-turn-tokens", str(args.max_turn_tokens), "--out", str(trajectories)]) == 0

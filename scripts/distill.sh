@@ -29,7 +29,7 @@ if [ -z "${AZURE_ENDPOINT:-}" ] && [ -z "${HOSTED_BASE_URL:-}" ]; then
     > slm_swap/05_eval/distill/teacher.log 2>&1 &
   teacher=$!
   trap 'kill $teacher 2>/dev/null || true' EXIT
-  export HOSTED_BASE_URL="http://127.0.0.1:$port/v1" HOSTED_MODEL=scripted-teacher
+  export HOSTED_BASE_URL="http://127.0.0.1:$port/v1" HOSTED_MODEL=scripted-teacher-not-a-model
   for _ in $(seq 1 120); do grep -q "^scripted teacher" slm_swap/05_eval/distill/teacher.log && break; sleep 0.5; done
   kill -0 "$teacher" 2>/dev/null || { cat slm_swap/05_eval/distill/teacher.log; echo "the scripted teacher did not start" >&2; exit 1; }
   echo "teacher: a SCRIPTED stand-in, not a model: it answers from BFCL's gold calls (wrong every 7th" \
