@@ -21,6 +21,7 @@ from slm_swap.train.data import tokenize_row
 from slm_swap.train.hyperparams import HyperParams
 from slm_swap.train.launch import ACCELERATE_CONFIG_DIR, CPU_CONFIG, GPU_CONFIG, launch_command
 from slm_swap.train.run import MANIFEST, TrainRequest, train
+from slm_swap.train.options import TrainOptions
 
 pytestmark = pytest.mark.integration
 # Small batches: the tiny model trains a few steps in seconds.
@@ -215,9 +216,9 @@ def test_a_full_precision_cpu_run_records_what_ran_apart_from_the_seeds_request(
 
     monkeypatch.setenv("SLM_MODEL_PATH", str(tiny_model_dir))
     plan = TrainingPlan(track="toolcall", train_path=request.train_path, val_path=request.val_path, out=request.out_dir,
-                        max_steps=1)
+                        options=TrainOptions(overwrite=True, max_steps=1))
     assert reusable_adapter(Settings(), plan) == manifest
-    assert reusable_adapter(Settings(), replace(plan, max_steps=2)) is None
+    assert reusable_adapter(Settings(), replace(plan, options=TrainOptions(overwrite=True, max_steps=2))) is None
 
 
 def test_bnb_backend_trains_4bit_qlora_on_cpu_repeatably(xlam_data_dir, tiny_model_dir, tmp_path):
