@@ -7,6 +7,7 @@ import argparse
 import typing
 
 import pytest
+from pydantic import BaseModel
 
 from slm_swap.app.cli import COMMANDS, build_parser, main
 from slm_swap.infra.cli_options import flag_of, parse_request
@@ -26,7 +27,7 @@ def leaf_fields(model) -> dict[str, object]:
     fields = {}
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, PipelineConfig.__base__) and annotation is not str:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             fields.update(leaf_fields(annotation))
         else:
             fields[name] = field

@@ -11,26 +11,25 @@ lives here or in the library constant a field points at, nowhere else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import model_validator
 
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
-from slm_swap.core.tracks import TRACKS, get_track
+from slm_swap.core.tracks import get_track
 from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
                                    DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
-from slm_swap.train.options import TrainOptions
+from slm_swap.train.options import Track, TrainOptions
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
-Track = Literal[tuple(TRACKS)]  # type: ignore[valid-type]  (the track registry's names)
 RowTrack = Literal[tuple(ROW_TRACK_NAMES)]  # type: ignore[valid-type]
 Split = Literal["train", "val", "test"]
 ModelKind = Literal["azure", "slm"]
 FinetuneMode = Literal["auto", "always", "never"]
-FINETUNE_MODES: tuple[str, ...] = ("auto", "always", "never")
+FINETUNE_MODES: tuple[str, ...] = get_args(FinetuneMode)
 DEFAULT_FINETUNE_DEPLOYMENT = "slm-swap-finetune/gpu"
 DEFAULT_DISTILL_EVAL_DIR = DEFAULT_EVAL_DIR / "distill"
 ACCELERATE_CONFIG_HELP = "accelerate config (default: accelerate_config/phi4_4gpu.yaml with CUDA, else accelerate_config/cpu.yaml)"

@@ -14,10 +14,10 @@ from slm_swap.app.runs import TracedCommand
 from slm_swap.data.examples import Example
 from slm_swap.infra.config import Settings
 from slm_swap.infra.progress import Progress
-from slm_swap.llm.agent_models import AgentModel
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, AgentModel
 from slm_swap.trajectories.build import build
 from slm_swap.trajectories.capture import capture
-from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS
+from slm_swap.trajectories.codeact import DEFAULT_TOOLS
 from slm_swap.trajectories.filter import filter_trajectories
 
 

@@ -28,10 +28,10 @@ from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_jsonl, sha256_file, write_json
 from slm_swap.infra.progress import Progress
 from slm_swap.infra.tracing import NullRun, Run
-from slm_swap.llm.agent_models import AgentModel
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, AgentModel
 from slm_swap.trajectories.capture import capture
-from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TOOLS, load_tools_factory,
-                                           prompt_digest, system_prompt)
+from slm_swap.trajectories.codeact import (DEFAULT_MAX_STEPS, DEFAULT_TOOLS, load_tools_factory, prompt_digest,
+                                           system_prompt)
 
 AGENT = TRACKS["agent"]
 

@@ -28,7 +28,8 @@ from slm_swap.data.examples import Example
 from slm_swap.data.prepare import SplitSizes, split_examples, write_dataset
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import jsonl_text, read_json, sha256_file
-from slm_swap.trajectories.codeact import AGENT_MAX_NEW_TOKENS, prompt_digest
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
+from slm_swap.trajectories.codeact import prompt_digest
 from slm_swap.trajectories.records import read_trajectories
 
 DEFAULT_VAL, DEFAULT_TEST = 8, 8

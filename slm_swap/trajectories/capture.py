@@ -28,10 +28,9 @@ from slm_swap.infra.fileio import (atomic_write_text, canonical_json, check_writ
                              remove_stale_temps, write_json)
 from slm_swap.infra.progress import Progress, progress_meter
 from slm_swap.infra.tracing import NullRun, Run
-from slm_swap.llm.agent_models import AgentModel
-from slm_swap.trajectories.codeact import (AGENT_MAX_NEW_TOKENS, DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory,
-                                           make_tools, solve)
 from slm_swap.infra.workers import in_threads
+from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, AgentModel
+from slm_swap.trajectories.codeact import DEFAULT_TOOLS, SYSTEM_PROMPT, load_tools_factory, make_tools, solve
 from slm_swap.trajectories.records import read_trajectories
 
 def run_file_for(out: Path) -> Path:

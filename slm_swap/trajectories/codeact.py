@@ -30,7 +30,7 @@ from smolagents.models import MessageRole
 
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import canonical_json
-from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, plain_messages  # noqa: F401 (the agent's budget, re-exported)
+from slm_swap.llm.agent_models import plain_messages
 
 DEFAULT_MAX_STEPS = 4
 DEFAULT_TOOLS = "slm_swap.trajectories.codeact:simulated_tools"
