@@ -23,8 +23,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
-from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
-from slm_swap.app.distill import data_preface, pipeline_config
+from flows.runtime import add_trace_tags, gpu_tagged, refusal, run_in_process
+from slm_swap.app.distill import check_distill_config, data_preface, pipeline_config
 from slm_swap.app.flow_configs import DistillConfig
 from slm_swap.app.finetune_step import adapter_dir
 from slm_swap.app.pipeline import needs_training
@@ -44,6 +44,8 @@ def slm_swap_distill(config: DistillConfig = DistillConfig()) -> dict[str, Any]:
     """
     logger = get_run_logger()
     run_id = flow_run.id
+    if (refused := refusal(lambda: check_distill_config(load_settings(), config))) is not None:
+        return refused  # the run's state: Failed, its message the one line
     logger.info("config: %s", config.model_dump_json())
     logger.info("settings: %s", json.dumps(load_settings().public_view(), default=str))
 
@@ -76,6 +78,8 @@ def slm_swap_distill(config: DistillConfig = DistillConfig()) -> dict[str, Any]:
 
 
 def run_distill(config: DistillConfig) -> tuple[str | None, dict[str, Any]]:
-    """Run the flow in this process; (flow-run id, summary). Raises what the flow raised
-    (`SlmSwapError` as it is, anything else as `FlowFailed`)."""
+    """Check the config (`SlmSwapError`: one line, before Prefect starts), then run the flow in this
+    process; (flow-run id, summary). Raises what the flow raised (`SlmSwapError` as it is, anything
+    else as `FlowFailed`)."""
+    check_distill_config(load_settings(), config)
     return run_in_process(slm_swap_distill, config)

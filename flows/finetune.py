@@ -1,5 +1,5 @@
-"""The fine-tune subflow `slm-swap-finetune`: `accelerate launch ... -m slm_swap.train` through
-prefect-shell, its output in the run's logs, the training's Langfuse trace id as a tag.
+"""The fine-tune subflow `slm-swap-finetune`: `accelerate launch ... -m slm_swap.train` as `slm-swap train`
+runs it (one line when it fails), its output in the run's logs, the training's Langfuse trace id as a tag.
 
 Deployed as `slm-swap-finetune/gpu` on the `gpu` work pool (see prefect.yaml, docs/prefect.md):
 
@@ -24,6 +24,7 @@ from slm_swap.app.finetune_step import adapter_dir, read_adapter_manifest, train
 from slm_swap.app.flow_configs import PipelineConfig
 from slm_swap.app.requests import Track
 from slm_swap.infra.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR
+from slm_swap.train.options import ONE_EPOCH, StepCap
 from tasks.train import train_adapter
 
 
@@ -33,7 +34,7 @@ def slm_swap_finetune(
     data_dir: Path = DEFAULT_DATA_DIR,
     ft_dir: Path = DEFAULT_FT_DIR,
     accelerate_config: Path | None = None,
-    max_steps: int = -1,
+    max_steps: StepCap = ONE_EPOCH,
     reuse_max_age_hours: float = 12.0,
 ) -> dict[str, Any]:
     """Train `<ft_dir>/adapter_<track>` on `<data_dir>/<track>/{train,val}.jsonl`; returns the adapter manifest.
@@ -43,7 +44,7 @@ def slm_swap_finetune(
         data_dir: dataset folder (default: slm_swap/02_dataset).
         ft_dir: adapters folder (default: slm_swap/04_ft).
         accelerate_config: default: accelerate_config/phi4_4gpu.yaml with CUDA, else cpu.yaml.
-        max_steps: cap optimizer steps (-1: the seed's one epoch).
+        max_steps: cap optimizer steps, >= 1 (-1, the default: the seed's one epoch).
         reuse_max_age_hours: reuse an adapter trained from the same data and base model at most this long ago (0: never).
     """
     config = PipelineConfig(tracks=[track], data_dir=data_dir, ft_dir=ft_dir, accelerate_config=accelerate_config,

@@ -25,10 +25,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
-from flows.runtime import add_trace_tags, gpu_tagged, run_in_process
+from flows.runtime import add_trace_tags, gpu_tagged, refusal, run_in_process
 from slm_swap.app.finetune_step import adapter_dir
 from slm_swap.app.flow_configs import PipelineConfig
-from slm_swap.app.pipeline import needs_training
+from slm_swap.app.pipeline import check_pipeline_config, needs_training
 from slm_swap.app.report import TrackReport
 from slm_swap.infra.config import load_settings
 from tasks import build_report, compare, eval_hosted, eval_slm, prepare_data
@@ -44,6 +44,8 @@ def slm_swap_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, An
     """
     logger = get_run_logger()
     run_id = flow_run.id
+    if (refused := refusal(lambda: check_pipeline_config(load_settings(), config))) is not None:
+        return refused  # the run's state: Failed, its message the one line
     logger.info("config: %s", config.model_dump_json())
     logger.info("settings: %s", json.dumps(load_settings().public_view(), default=str))
     if config.data.source != "prepared":
@@ -79,6 +81,8 @@ def slm_swap_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, An
 
 
 def run_pipeline(config: PipelineConfig) -> tuple[str | None, dict[str, Any]]:
-    """Run the flow in this process; (flow-run id, summary). Raises what the flow raised
-    (`SlmSwapError` as it is, anything else as `FlowFailed`)."""
+    """Check the config (`SlmSwapError`: one line, before Prefect starts), then run the flow in this
+    process; (flow-run id, summary). Raises what the flow raised (`SlmSwapError` as it is, anything
+    else as `FlowFailed`)."""
+    check_pipeline_config(load_settings(), config)
     return run_in_process(slm_swap_pipeline, config)

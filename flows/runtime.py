@@ -1,6 +1,6 @@
 """Prefect-side glue the flows share: flow-run tags, the `slm-gpu` task tag, whether the
-fine-tune deployment can be used (each one Prefect API request or two), and running a flow in
-this process from the command line."""
+fine-tune deployment can be used (each one Prefect API request or two), a refused config as the
+flow run's failure, and running a flow in this process from the command line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from uuid import UUID
 from prefect import get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.states import Failed, State
 
 from slm_swap.app.pipeline import SLM_GPU_TAG, merge_tags, trace_tags
 from slm_swap.infra.errors import SlmSwapError
@@ -23,17 +24,42 @@ class FlowFailed(Exception):
         self.flow_run_id = flow_run_id
 
 
+def refusal(check: Callable[[], None]) -> State | None:
+    """None when `check()` passes; when it raises `SlmSwapError`, a Failed state whose message is that
+    one line (what `prefect deployment run` and the UI show; no traceback in the run's logs) and whose
+    result raises the error again (so `run_in_process` re-raises it as it is)."""
+    try:
+        check()
+    except SlmSwapError as exc:
+        get_run_logger().error("refused: %s", exc)
+        return Failed(message=str(exc), data=exc)
+    return None
+
+
+# What a temporary server started here is given, unless the user's environment or Prefect profile
+# says otherwise: no usage telemetry sent off this machine (docs/prefect.md, "Analytics").
+TEMPORARY_SERVER_SETTINGS = {"server.analytics_enabled": False}
+
+
+def _temporary_server_settings() -> dict[str, Any]:
+    chosen = get_current_settings().to_environment_variables(exclude_unset=True)
+    return {name: value for name, value in TEMPORARY_SERVER_SETTINGS.items()
+            if "PREFECT_" + name.upper().replace(".", "_") not in chosen}
+
+
 def run_in_process(flow_function: Callable[..., Any], config: Any) -> tuple[str | None, Any]:
     """Run a flow in this process; (flow-run id, its result). Raises `SlmSwapError` (bad input) as
     it is and anything else as `FlowFailed`.
 
-    Without a configured server (PREFECT_API_URL unset: Prefect's temporary local API) flow-run
-    heartbeats are off: they let a server spot crashed deployment runs, and a temporary API dies
-    with this process anyway, while the heartbeat thread holds up every flow run's exit by up to a
-    second (it sleeps in whole seconds and is joined at the end; PrefectHQ/prefect#19641).
+    Without a configured server (PREFECT_API_URL unset) Prefect starts a temporary local API server
+    for the run: it gets analytics off (`TEMPORARY_SERVER_SETTINGS`) unless the user set
+    PREFECT_SERVER_ANALYTICS_ENABLED, and flow-run heartbeats are off: they let a server spot crashed
+    deployment runs, and a temporary API dies with this process anyway, while the heartbeat thread
+    holds up every flow run's exit by up to a second (it sleeps in whole seconds and is joined at the
+    end; PrefectHQ/prefect#19641).
     """
     quiet = contextlib.nullcontext() if PREFECT_API_URL.value() else temporary_settings(
-        updates={"flows.heartbeat_frequency": None})
+        updates={"flows.heartbeat_frequency": None, **_temporary_server_settings()})
     with quiet:
         state = flow_function(config, return_state=True)
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None

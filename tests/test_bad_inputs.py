@@ -179,7 +179,7 @@ def test_prepare_into_a_read_only_folder(tmp_path, capsys):
 # -- flags and settings --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags,message", [
-    (["--timeout", "-1"], "--timeout must be a number of seconds > 0, got -1.0"),
+    (["--timeout", "-1"], "--timeout must be a number of seconds > 0 and <= 86400, got -1.0"),
     (["--timeout", "0"], "--timeout must be a number of seconds > 0"),
     (["--max-retries", "-1"], "--max-retries must be >= 0, got -1"),
     (["--max-errors", "-2"], "--max-errors must be >= 0, got -2"),

@@ -109,7 +109,8 @@ def server(tiny_model_dir, tiny_adapter_dir):
                                  "--adapter", f"toolcall={tiny_adapter_dir}", "--api-key", KEY], KEY)
     yield url
     process.terminate()
-    process.wait(timeout=30)
+    output, _ = process.communicate(timeout=30)
+    assert "Traceback" not in output, output  # whatever the tests sent, the server logged no crash
 
 
 def test_models_route_lists_base_and_adapters(server):
@@ -159,10 +160,17 @@ def test_deeply_nested_json_is_a_400_not_a_500(server, body):
     assert httpx.get(f"{server}/v1/models", headers=headers).status_code == 200
 
 
+def test_a_lone_surrogate_in_the_content_is_a_400(server):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 4}'
+    response = httpx.post(f"{server}/v1/chat/completions", content=body, headers=headers, timeout=30)
+    assert response.status_code == 400 and "lone surrogate" in response.json()["error"]["message"]
+
+
 def test_nested_too_deeply_says_so(server):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     response = httpx.post(f"{server}/v1/chat/completions", content=b"[" * 100_000, headers=headers, timeout=30)
-    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "nested more than 64 levels deep" in response.json()["error"]["message"]
 
 
 def prompt_tokens(model_dir, messages) -> int:
@@ -238,6 +246,49 @@ def test_api_key_from_the_environment_is_required_and_never_printed(tiny_model_d
         output, _ = process.communicate(timeout=30)
     assert '"slm_swap_serve_api_key": "set"' in output  # the setting was read (and logged as set)
     assert key not in output
+
+
+def test_an_abandoned_row_leaves_its_batch_at_once_and_the_others_carry_on(tiny_model_dir):
+    """A client that hangs up mid-generation abandons its job: its row ends at the next decode step
+    (not at max_tokens), and the row decoded beside it still runs to its full length."""
+    from slm_swap.llm.batching import Job, ModelWorker
+
+    model = load_local_model(tiny_model_dir)
+    worker = ModelWorker(model, batch_size=2, gather_s=1.0)  # both jobs in one batch
+    budget = 1024  # "hi" never ends early on the tiny model: both rows would run to the budget
+    try:
+        leaving, staying = (Job([{"role": "user", "content": "hi"}], None, budget) for _ in range(2))
+        left, stayed = worker.submit(leaving), worker.submit(staying)
+        while not left.running():
+            time.sleep(0.005)
+        time.sleep(0.1)  # some tokens in
+        leaving.abandon()
+        abandoned, finished = left.result(120), stayed.result(120)
+    finally:
+        worker.stop()
+    assert abandoned.finish_reason == "abandoned" and abandoned.completion_tokens < budget // 4, abandoned
+    assert (finished.finish_reason, finished.completion_tokens) == ("length", budget)
+
+
+def test_a_client_that_hangs_up_frees_the_model_for_the_next_request(server):
+    """The row of a client that left mid-generation is dropped: the next request waits a fraction
+    of what a full-length generation takes, not for that generation to end."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    long = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1024}
+    short = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    chat = f"{server}/v1/chat/completions"
+    started = time.monotonic()
+    response = httpx.post(chat, json=long, headers=headers, timeout=120)
+    full_length = time.monotonic() - started
+    assert response.json()["usage"]["completion_tokens"] == 1024  # the prompt does not end early
+    with pytest.raises(httpx.ReadTimeout):  # the client hangs up mid-generation
+        httpx.post(chat, json=long, headers=headers, timeout=httpx.Timeout(120, read=full_length / 10))
+    started = time.monotonic()
+    response = httpx.post(chat, json=short, headers=headers, timeout=120)
+    next_request = time.monotonic() - started
+    assert response.status_code == 200
+    # Decoding to the end would make it about 0.9 of a full generation; dropped, about 0.2.
+    assert next_request < full_length / 2, f"the next request took {next_request:.2f} s, a full generation {full_length:.2f} s"
 
 
 def test_a_lone_request_waits_batch_wait_ms_for_company_and_a_full_batch_does_not(tiny_model_dir):

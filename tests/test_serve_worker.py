@@ -13,13 +13,15 @@ class FakeModel:
 
     def __init__(self):
         self.calls: list[list[str]] = []
+        self.abandoned: list[list] = []  # each call's `abandoned` predicates
         self.release = threading.Event()
 
     def render(self, messages):
         return messages[-1]["content"]
 
-    def generate(self, prompts, adapter=None, max_new_tokens=None, stop=None):
+    def generate(self, prompts, adapter=None, max_new_tokens=None, stop=None, abandoned=None):
         self.calls.append(list(prompts))
+        self.abandoned.append(abandoned)
         if len(self.calls) == 1:
             self.release.wait(10)
         return [f"echo {p}" for p in prompts]
@@ -38,8 +40,9 @@ def test_queued_jobs_for_the_same_model_run_as_one_batch_and_cancelled_ones_are_
             time.sleep(0.01)
         queued = [worker.submit(job(f"q{i}")) for i in range(3)]
         other_adapter = worker.submit(job("tuned", adapter="toolcall"))
-        gone = worker.submit(job("client left"))
-        assert gone.cancel()
+        gone = job("client left")
+        worker.submit(gone)
+        gone.abandon()
         model.release.set()
         assert first.result(10) == "echo first"
         assert [f.result(10) for f in queued] == ["echo q0", "echo q1", "echo q2"]
@@ -47,6 +50,27 @@ def test_queued_jobs_for_the_same_model_run_as_one_batch_and_cancelled_ones_are_
     finally:
         worker.stop()
     assert model.calls == [["first"], ["q0", "q1", "q2"], ["tuned"]]  # "client left" never generated
+
+
+def test_a_running_job_that_is_abandoned_tells_the_model_its_row_is_given_up():
+    """`future.cancel()` cannot stop a running job: the model learns through `abandoned[i]()`, which
+    the decoder consults at each step (tests/test_local_serve.py shows the row then ends)."""
+    model = FakeModel()
+    worker = ModelWorker(model, batch_size=8)
+    try:
+        running = job("leaves")
+        future = worker.submit(running)
+        while not model.calls:  # generating
+            time.sleep(0.01)
+        [given_up] = model.abandoned[0]
+        assert not given_up()
+        running.abandon()
+        assert given_up()
+        model.release.set()
+        future.result(10)  # the worker lives on and finishes the batch
+        assert worker.submit(job("next")).result(10) == "echo next"
+    finally:
+        worker.stop()
 
 
 def test_steady_traffic_to_one_adapter_cannot_starve_another():
@@ -64,10 +88,10 @@ def test_steady_traffic_to_one_adapter_cannot_starve_another():
 
     generate = model.generate
 
-    def generate_while_traffic_arrives(prompts, adapter=None, max_new_tokens=None, stop=None):
+    def generate_while_traffic_arrives(prompts, adapter=None, max_new_tokens=None, stop=None, abandoned=None):
         if 1 <= len(model.calls) < 7:  # the six batches after `first` each see four new arrivals
             more_base_traffic()
-        return generate(prompts, adapter, max_new_tokens, stop)
+        return generate(prompts, adapter, max_new_tokens, stop, abandoned)
 
     model.generate = generate_while_traffic_arrives
     try:

@@ -136,7 +136,7 @@ def test_accelerate_launch_trains_an_adapter_that_re_evaluates(xlam_data_dir, ti
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "accelerate launch --config_file" in result.stdout and "-m slm_swap.train" in result.stdout
+    assert "accelerate launch --quiet --config_file" in result.stdout and "-m slm_swap.train" in result.stdout
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["backend"] == "cpu" and manifest["world_size"] == 1 and manifest["strategy"] == "no"
     assert manifest["hyperparameters"]["lora_r"] == 64 and manifest["hyperparameters"]["lora_alpha"] == 16
@@ -338,4 +338,4 @@ def test_launch_configs_load_with_accelerates_own_parsers():
     cpu = load_config_from_file(str(CPU_CONFIG))
     assert cpu.use_cpu and cpu.num_processes == 1
     command = launch_command(track="toolcall", train=Path("t.jsonl"), val=Path("v.jsonl"), out=Path("o"), accelerate_config=GPU_CONFIG)
-    assert command[1:4] == ["launch", "--config_file", str(GPU_CONFIG)] and command[4:6] == ["-m", "slm_swap.train"]
+    assert command[1:5] == ["launch", "--quiet", "--config_file", str(GPU_CONFIG)] and command[5:7] == ["-m", "slm_swap.train"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +44,10 @@ def cmd_models_fetch(request: FetchRequest) -> int:
 
 
 def cmd_prepare(request: PrepareRequest) -> int:
+    from slm_swap.app.path_checks import check_dataset_paths
     from slm_swap.data.prepare import SplitSizes, load_source, prepare
 
+    check_dataset_paths(request.out_dir, [("--dataset-path", request.dataset_path)])
     examples, skipped, source = load_source(request.source, request.dataset_path, tuple(request.categories))
     sizes = SplitSizes(train=request.train, val=request.val, test=request.test)
     manifest = prepare(examples, skipped, source, Path(request.out_dir), sizes, request.seed)
@@ -72,6 +73,7 @@ def cmd_eval(request: EvalRequest) -> int:
 def cmd_infer(request: InferRequest) -> int:
     from slm_swap.core.prompts import build_messages, build_prompt
     from slm_swap.infra.fileio import read_json
+    from slm_swap.infra.recordable import text
     from slm_swap.llm.clients import build_client
 
     functions = read_json(Path(request.functions), "functions file") if request.functions else []
@@ -81,7 +83,7 @@ def cmd_infer(request: InferRequest) -> int:
     completion = next(iter(client.complete([build_messages(build_prompt(request.track, request.text, functions))])))
     if completion.error:
         raise SlmSwapError(f"request failed: {completion.error}")
-    print(completion.text)
+    print(text(completion.text))  # a lone surrogate in the answer would stop print(): shown as U+FFFD
     return 0
 
 
@@ -101,26 +103,21 @@ def cmd_serve(request: ServeRequest) -> int:
 
 
 def cmd_train(request: FinetuneRequest) -> int:
-    from slm_swap.app.finetune_step import TrainingPlan, training_command
-    from slm_swap.infra.tracing import check_tracing_settings
+    from slm_swap.app.finetune_step import TrainingPlan, check_training_plan, launch_training
     from slm_swap.train.backends import choose_backend
-    from slm_swap.train.data import load_training_rows
-    from slm_swap.train.hyperparams import hyperparams_for
 
-    check_tracing_settings(load_settings())  # fail here, not after accelerate has started
-    choose_backend(request.backend)  # likewise: a backend this machine cannot run is one line, now
-    hyperparams_for(request.track, request.batch_size)  # and a batch size below 1
+    choose_backend(request.backend)  # a backend this machine cannot run is one line, now
     rows_dir = request.rows_dir()
     plan = TrainingPlan(
         track=request.track, train_path=Path(request.train or rows_dir / request.track / "train.jsonl"),
         val_path=Path(request.val or rows_dir / request.track / "val.jsonl"),
         out=Path(request.out or Path(request.ft_dir) / f"adapter_{request.track}"),
         accelerate_config=request.accelerate_config, options=request.options())
-    for rows in (plan.train_path, plan.val_path):  # and bad rows: one line naming the row, before any process starts
-        load_training_rows(rows, plan.track)
-    command = training_command(plan)
-    print("$ " + " ".join(command), flush=True)
-    return subprocess.run(command).returncode
+    # Everything the training process would refuse after accelerate has started it (or after loading the
+    # model): refused here. What it still finds comes back as its one line (finetune_step.launch_training).
+    check_training_plan(load_settings(), plan, out_flag="--out" if request.out else "--ft-dir")
+    launch_training(plan)
+    return 0
 
 
 def cmd_compare(request: CompareRequest) -> int:
@@ -136,8 +133,10 @@ def cmd_compare(request: CompareRequest) -> int:
 def cmd_capture(request: CaptureRequest) -> int:
     from slm_swap.app.trajectory_runs import traced_capture
     from slm_swap.llm.agent_models import hosted_agent_model
+    from slm_swap.app.path_checks import check_capture_paths
     from slm_swap.trajectories.capture import source_examples
 
+    check_capture_paths(request.out, request.dataset_path)  # before the source is read or the teacher built
     examples, source = source_examples(request.source, request.dataset_path, tuple(request.categories), request.limit)
     settings = load_settings()
     teacher = hosted_agent_model(settings, timeout_s=request.timeout_s, max_retries=request.max_retries)
@@ -172,11 +171,12 @@ def cmd_build(request: BuildRequest) -> int:
 
 def cmd_prompts_export(request: PromptsExportRequest) -> int:
     from slm_swap.core.prompts import export_prompts
-    from slm_swap.infra.fileio import write_json
+    from slm_swap.infra.fileio import check_writable_file, write_json
 
     if request.out == "-":
         print(json.dumps(export_prompts(), indent=2, ensure_ascii=False))
     else:
+        check_writable_file(Path(request.out), "--out")
         write_json(Path(request.out), export_prompts())
     return 0
 
@@ -198,12 +198,18 @@ def run_flow(name: str, run: Callable[[Any], tuple[str | None, dict[str, Any]]],
 
 
 def cmd_pipeline(config: PipelineConfig) -> int:
+    from slm_swap.app.pipeline import check_pipeline_config
+
+    check_pipeline_config(load_settings(), config)  # before Prefect is imported, let alone started
     from flows.pipeline import run_pipeline
 
     return run_flow("pipeline", run_pipeline, config)
 
 
 def cmd_distill(config: DistillConfig) -> int:
+    from slm_swap.app.distill import check_distill_config
+
+    check_distill_config(load_settings(), config)  # before Prefect is imported, let alone started
     from flows.distill import run_distill
 
     return run_flow("distill", run_distill, config)
@@ -284,11 +290,9 @@ def _log_settings() -> None:
 
 def _scrubbed(text: str) -> str:
     """An error line without any configured secret (a server may have echoed one into it)."""
-    from pydantic import ValidationError
-
     try:
         return load_settings().scrub(" ".join(text.split()))
-    except ValidationError:  # settings that do not parse hold no secret we could know
+    except SlmSwapError:  # settings that do not parse hold no secret we could know
         return " ".join(text.split())
 
 

@@ -5,6 +5,8 @@
             -> (where the student trails) fine-tune --track agent -> agent re-eval -> compare -> report
 
 - `DistillConfig` (in `flow_configs`): the flow's one parameter, help text on each field.
+- `check_distill_config(settings, config)`: everything a run implies that can be known before Prefect
+  starts (settings, the tools factory, the source, the folders); the CLI and the flow call it first.
 - `capture_step`, `filter_step`, `build_step`: the traced library commands (`trajectories.runs`). A
   capture identical to one already on disk is resumed, which asks only the requests it lacks (none,
   when it finished): a re-run of the flow does not ask the teacher again.
@@ -20,11 +22,35 @@ from typing import Any
 
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.trajectory_runs import traced_build, traced_capture, traced_filter
+from slm_swap.app.finetune_step import check_local_model, check_training_plan, training_plan
+from slm_swap.app.pipeline import check_hosted_settings
 from slm_swap.infra.config import Settings
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.fileio import check_writable_dir, check_writable_file
+from slm_swap.infra.tracing import check_tracing_settings
 from slm_swap.llm.agent_models import hosted_agent_model
 from slm_swap.trajectories.capture import can_resume, capture_pin, source_examples
-from slm_swap.trajectories.codeact import DEFAULT_TOOLS
+from slm_swap.trajectories.codeact import DEFAULT_TOOLS, load_tools_factory
 from slm_swap.trajectories.filter import accepted_path
+
+
+def check_distill_config(settings: Settings, config: DistillConfig) -> None:
+    """Refuse, as one `SlmSwapError` line and with nothing written, a run that would fail later:
+    tracing and hosted (teacher) settings, the student's checkpoint, `--tools`, the source file, the
+    folders and, when it may fine-tune, the training's. `slm-swap distill` calls it before Prefect
+    starts; the flow calls it first (a deployment run fails with this line)."""
+    check_tracing_settings(settings)
+    check_hosted_settings(settings)
+    check_local_model(settings)
+    load_tools_factory(config.tools)
+    if config.dataset_path and not Path(config.dataset_path).is_file():
+        raise SlmSwapError(f"--dataset-path {config.dataset_path}: no such file")
+    check_writable_file(config.trajectories, "--trajectories-dir")
+    check_writable_dir(config.data_dir, "--data-dir")
+    check_writable_dir(config.eval_dir, "--out-dir")
+    if config.finetune != "never":  # the rows are build's, made later in the run
+        check_training_plan(settings, training_plan(pipeline_config(config), "agent"), rows=False, out_flag="--ft-dir")
+
 
 def pipeline_config(config: DistillConfig) -> PipelineConfig:
     """The shared eval/compare/fine-tune steps' config: the agent track on build's test split."""

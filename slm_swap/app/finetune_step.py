@@ -2,24 +2,28 @@
 (`flows/finetune.py`) run, `accelerate launch ... -m slm_swap.train` built in one place.
 
 - `TrainingPlan`: one fine-tune's inputs; `training_plan(config, track)` for the pipeline's.
-- `training_command(plan)`: the launch command; `training_env`: the flow-run id for its trace.
+- `check_training_plan(settings, plan)`: everything the launch would find wrong, found before it starts.
+- `training_command(plan)`: the launch command; `training_env`: the flow-run id for its trace;
+  `launch_training`: runs it, its failure one line (the training process's own, when it printed one).
 - `reusable_adapter`: an adapter already trained from identical inputs, young enough to reuse.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from slm_swap.app.flow_configs import PipelineConfig
+from slm_swap.app.path_checks import check_adapter_paths
 from slm_swap.app.stamps import now_utc, young
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
-from slm_swap.infra.fileio import read_json, sha256_file
+from slm_swap.infra.fileio import check_writable_dir, read_json, sha256_file
 from slm_swap.train.hyperparams import hyperparams_for
-from slm_swap.train.launch import launch_command
+from slm_swap.train.launch import launch_command, run_training
 from slm_swap.train.options import TrainOptions
 from slm_swap.train.run import MANIFEST
 
@@ -50,6 +54,39 @@ def training_plan(config: PipelineConfig, track: str) -> TrainingPlan:
                         options=TrainOptions(overwrite=True, max_steps=config.max_steps))
 
 
+def check_local_model(settings: Settings) -> None:
+    """SLM_MODEL_PATH holds a checkpoint (what training and the SLM evals load)."""
+    if not (Path(settings.slm_model_path) / "config.json").is_file():
+        raise SlmSwapError(f"SLM_MODEL_PATH {settings.slm_model_path}: no checkpoint there (config.json missing); "
+                           "run `slm-swap models fetch` for the embedded model")
+
+
+def check_training_plan(settings: Settings, plan: TrainingPlan, *, rows: bool = True, out_flag: str = "--out") -> None:
+    """What the training process would refuse only after `accelerate launch` has started it (or, for a
+    folder it cannot write, after loading the model): one `SlmSwapError` line, now. `rows=False` when
+    the rows are yet to be made (the distill flow builds them); `out_flag` is what the user set the
+    adapter folder with (`--out`, or `--ft-dir` for <ft-dir>/adapter_<track>)."""
+    from slm_swap.infra.tracing import check_tracing_settings
+    from slm_swap.train.data import load_training_rows
+
+    check_tracing_settings(settings)
+    check_local_model(settings)
+    if plan.accelerate_config and not Path(plan.accelerate_config).is_file():
+        raise SlmSwapError(f"--accelerate-config {plan.accelerate_config}: no such file")
+    hyperparams_for(plan.track, plan.options.batch_size)  # a batch size below 1
+    out = Path(plan.out)
+    if out.exists() and not out.is_dir():
+        raise SlmSwapError(f"{out_flag} {out}: exists and is not a folder")
+    check_adapter_paths(out, train=plan.train_path, val=plan.val_path, base_model=settings.slm_model_path, flag=out_flag)
+    if (out / "adapter_config.json").exists() and not (plan.options.overwrite or plan.options.resume):
+        raise SlmSwapError(f"{out_flag} {out} already holds an adapter: pass --overwrite to replace it")
+    # The adapter is staged beside its folder and renamed into place; checkpoints go to <out>.checkpoints/.
+    check_writable_dir(out.parent, out_flag, shown=out)
+    if rows:
+        for path in (plan.train_path, plan.val_path):  # bad rows: one line naming the row
+            load_training_rows(Path(path), plan.track)
+
+
 def training_command(plan: TrainingPlan) -> list[str]:
     """`accelerate launch --config_file ... -m slm_swap.train ...` (the library builds it)."""
     return launch_command(track=plan.track, train=plan.train_path, val=plan.val_path, out=plan.out,
@@ -59,6 +96,14 @@ def training_command(plan: TrainingPlan) -> list[str]:
 def training_env(flow_run_id: str | None) -> dict[str, str]:
     """Environment for the training process: the flow-run id goes into the training trace's metadata."""
     return {"PREFECT__FLOW_RUN_ID": str(flow_run_id)} if flow_run_id else {}
+
+
+def launch_training(plan: TrainingPlan, flow_run_id: str | None = None, **output: Any) -> None:
+    """Print and run `accelerate launch ... -m slm_swap.train` for `plan`; `output` says where its
+    output goes (`run_training`'s `echo`, `merge_stdout`). Raises `SlmSwapError("training failed: ...")`."""
+    command = training_command(plan)
+    print("$ " + shlex.join(command), flush=True)
+    run_training(command, env=training_env(flow_run_id), **output)
 
 
 def read_adapter_manifest(out: Path) -> dict[str, Any]:

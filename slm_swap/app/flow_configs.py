@@ -19,6 +19,7 @@ from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAUL
                                    DEFAULT_TRAJECTORIES_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE
+from slm_swap.train.options import ONE_EPOCH, STEP_CAP_HELP, StepCap
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
 REUSE_HELP = ("reuse a finished eval or adapter made from identical inputs at most this many hours ago (a crashed "
@@ -59,7 +60,7 @@ class PipelineConfig(Request):
     ft_dir: Path = option(DEFAULT_FT_DIR, "adapters go to <ft-dir>/adapter_<track>")
     accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
     limit: int | None = option(None, "evaluate the first N examples only", ge=1)
-    max_steps: int = option(-1, "cap training at N optimizer steps (-1: the seed's one epoch)")
+    max_steps: StepCap = option(ONE_EPOCH, "training: " + STEP_CAP_HELP)
     concurrency: int = concurrency_option(ge=1)
     timeout_s: float = timeout_option("hosted: seconds per request (a CPU stand-in needs more)", gt=0)
     batch_size: int = option(EVAL_BATCH_SIZE, "SLM: prompts decoded together", ge=1)
@@ -95,7 +96,7 @@ class DistillConfig(SourceOptions):
     delta: float = option(0.01, "largest gap tolerated on a core agent metric", ge=0, allow_inf_nan=False)
     finetune: FinetuneMode = option("auto", "auto: fine-tune when compare says FINE_TUNE=1; always; never")
     accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
-    max_train_steps: int = option(-1, "cap training at N optimizer steps (-1: the seed's one epoch)")
+    max_train_steps: StepCap = option(ONE_EPOCH, "training: " + STEP_CAP_HELP)
     concurrency: int = concurrency_option("trajectories in flight (teacher requests; student agents decoded together)", ge=1)
     timeout_s: float = timeout_option("teacher: seconds per request", gt=0)
     max_retries: int = max_retries_option("teacher: retries on 429/5xx/timeouts", ge=0)

@@ -4,6 +4,8 @@
 
     slm-swap pipeline --tracks structured toolcall --finetune auto     # the flow, in-process
 
+- `check_pipeline_config(settings, config)`: everything a run implies that can be known before
+  Prefect starts or a model loads (settings, data, folders, tools); the CLI and the flow call it first.
 - `needs_training(decision, mode)`: the branching rule (`auto` follows the compare decision).
 - `run_eval_step`: one eval that is reused when an identical eval already finished (same track,
   split, limit, dataset sha256, model kind and identity, adapter hash, within `reuse_max_age_hours`),
@@ -31,7 +33,7 @@ from slm_swap.core.tracks import get_track
 from slm_swap.evaluation.rows import default_out_path, records_path_for
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
-from slm_swap.infra.fileio import read_json, sha256_file, write_json
+from slm_swap.infra.fileio import check_writable_dir, read_json, sha256_file, write_json
 from slm_swap.infra.progress import Progress
 
 SLM_GPU_TAG = "slm-gpu"  # tag of every task that loads the SLM; a Prefect concurrency limit of 1 on it
@@ -66,15 +68,56 @@ def merge_tags(current: Iterable[str], new: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*current, *new]))
 
 
+# -- checks before the flow starts ---------------------------------------------------------------
+
+
+def check_hosted_settings(settings: Settings) -> None:
+    """The hosted model's settings (Azure or HOSTED_BASE_URL) are complete; no request is sent."""
+    from slm_swap.llm.hosted import HostedClient
+
+    HostedClient(settings).close()
+
+
+def check_pipeline_config(settings: Settings, config: PipelineConfig) -> None:
+    """Refuse, as one `SlmSwapError` line and with nothing written, a run that would fail later:
+    tracing and hosted settings, the SLM checkpoint, the tools factory, the dataset, the folders and,
+    when it may fine-tune, the training's inputs. `slm-swap pipeline` calls it before Prefect starts;
+    the flow calls it first (a deployment run fails with this line)."""
+    from slm_swap.app.finetune_step import check_local_model, check_training_plan, training_plan
+    from slm_swap.infra.tracing import check_tracing_settings
+    from slm_swap.trajectories.codeact import load_tools_factory
+
+    check_tracing_settings(settings)
+    check_hosted_settings(settings)
+    check_local_model(settings)
+    if config.tools and any(get_track(track).runs_as_agent for track in config.tracks):
+        load_tools_factory(config.tools)
+    prepared = config.data.source == "prepared"
+    if prepared:
+        for track in config.tracks:
+            if not (rows := get_track(track).split_file(config.data_dir, config.split)).is_file():
+                raise SlmSwapError(f"{rows}: no such dataset file (run `slm-swap prepare`/`build` or set the pipeline's data source)")
+    else:
+        if config.data.dataset_path and not Path(config.data.dataset_path).is_file():
+            raise SlmSwapError(f"--dataset-path {config.data.dataset_path}: no such file")
+        check_writable_dir(config.data_dir, "--data-dir")
+    check_writable_dir(config.eval_dir, "--out-dir")
+    if config.finetune != "never":
+        for track in config.tracks:  # rows a `prepare` of this run makes are checked when it has made them
+            check_training_plan(settings, training_plan(config, track), rows=prepared, out_flag="--ft-dir")
+
+
 # -- data ----------------------------------------------------------------------------------------
 
 
 def prepare_dataset(data: DataSource, out_dir: Path) -> dict[str, Any] | None:
     """Build `out_dir` from the configured source (what `slm-swap prepare` does); None for `prepared`."""
+    from slm_swap.app.path_checks import check_dataset_paths
     from slm_swap.data.prepare import SplitSizes, load_source, prepare
 
     if data.source == "prepared":
         return None
+    check_dataset_paths(out_dir, [("--dataset-path", data.dataset_path)], flag="--data-dir")
     examples, skipped, source = load_source(data.source, data.dataset_path, tuple(data.categories or ()))
     return prepare(examples, skipped, source, Path(out_dir), SplitSizes(train=data.train, val=data.val, test=data.test), data.seed)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from slm_swap.app.path_checks import check_eval_paths
 from slm_swap.app.requests import EvalRequest
 from slm_swap.core.compare import Decision, decide, parse_delta
 from slm_swap.core.prompts import build_messages
@@ -94,6 +95,7 @@ def traced_eval(settings: Settings, request: EvalRequest, *, out: Path, progress
     """One eval in one trace, as a Langfuse experiment over the split; returns the metrics document
     (with `langfuse_trace_id`). Inputs are checked before the model is loaded or a request sent; the
     model is closed after. The agent track runs the model as the CodeAct agent over the split's tasks."""
+    check_eval_paths(request, Path(out))  # before anything is loaded, and before `run_eval` deletes an old --out
     prepare = _prepare_agent_eval if get_track(request.track).runs_as_agent else _prepare_row_eval
     command = TracedCommand(settings, "eval", flow_run_id=flow_run_id)
     evaluation = prepare(settings, request, Path(out), progress)

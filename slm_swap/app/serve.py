@@ -11,15 +11,19 @@ evaluation outputs. One worker thread owns the model; requests queue and those w
 same model are generated together as one batch. Batches are formed fairly: the oldest waiting
 request is always in the next batch, so steady traffic to one adapter cannot starve another.
 A prompt that with its `max_tokens` would not fit the model's context is refused (400) before it
-is queued, and so is a body nested too deeply to parse.
+is queued, and so is any body `infra.json_input` refuses (nested too deeply, lone surrogates, huge
+numbers, not UTF-8, too big) or that is not a chat request OpenAI's API would take (roles included).
+A request whose client hangs up is dropped: from the queue, or from its batch at the next decode step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import re
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -28,16 +32,24 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import ValidationError
 
+from slm_swap.app.chat_request import BodyTooLarge, ChatRequest, invalid_request, read_body
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.json_input import BODY_MAX_BYTES, JsonInputError
 from slm_swap.llm.batching import Job, ModelWorker, cut_at_stop
 from slm_swap.llm.completion import MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
-from slm_swap.llm.local import BASE, LocalModel
+from slm_swap.llm.local import BASE, LocalModel, check_adapter
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOKENS_CAP = 2048
-DISCONNECT_POLL_S = 1.0  # how often a waiting request checks whether its client is still there
+# How often a waiting request checks whether its client is still there: a row whose client left
+# keeps decoding (holding up the requests behind it) until the next check.
+DISCONNECT_POLL_S = 0.2
 
 
 def check_adapter_name(name: str) -> str:
@@ -53,43 +65,36 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
         name, sep, path = spec.partition("=")
         if not sep or not path:
             raise SlmSwapError(f"--adapter {spec!r}: expected NAME=DIR")
+        if name in adapters:
+            raise SlmSwapError(f"--adapter {spec!r}: the name {name!r} is given twice")
         adapters[check_adapter_name(name)] = Path(path)
     return adapters
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")  # image_url, ... are accepted and ignored
-    type: str
-    text: str | None = None
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[ContentPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):  # OpenAI content parts: keep the text ones
-            return "".join(part.text or "" for part in self.content if part.type == "text")
-        return self.content or ""
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # temperature, top_p, ... are accepted and ignored
-    model: str | None = None
-    messages: list[Message]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int = 1
-    stream: bool = False
-    stop: str | list[str] | None = None
-
-    def stop_sequences(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
-
-
 def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+class RequireApiKey:
+    """Answers 401 to a request without the key (`Authorization: Bearer KEY`, or Azure's `api-key`).
+    Plain ASGI, not `@app.middleware("http")`: starlette's BaseHTTPMiddleware wraps `receive` so that
+    `request.is_disconnected()` never sees a client leave (starlette discussion #2094), and the
+    server would decode to the end for clients long gone."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.api_key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            bearer = headers.get("authorization", "")
+            given = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("api-key", "")
+            if not hmac.compare_digest(given.encode(), self.api_key):
+                response = _error(401, "Invalid or missing API key.", "invalid_request_error", "invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def max_token_chars(tokenizer) -> int:
@@ -141,17 +146,16 @@ def create_app(
         worker.stop()
 
     app = FastAPI(title="slm-swap serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _openai_shaped(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405, ...
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
     served = {model_name: BASE, **{name: name for name in model.adapters}}
     created = int(time.time())
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next):
-        if api_key:
-            bearer = request.headers.get("authorization", "")
-            given = bearer[7:] if bearer.lower().startswith("bearer ") else request.headers.get("api-key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "Invalid or missing API key.", "invalid_request_error", "invalid_api_key")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(RequireApiKey, api_key=api_key)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -162,19 +166,18 @@ def create_app(
 
     async def chat(request: Request, name: str | None) -> JSONResponse:
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "Request body is not valid JSON.", "invalid_request_error")
-        except RecursionError:  # e.g. 100000 nested '[': json gives up, which is the client's doing
-            return _error(400, "Request body is nested too deeply.", "invalid_request_error")
+            body = json_input.loads(await read_body(request), max_bytes=BODY_MAX_BYTES)
+        except BodyTooLarge:
+            return _error(413, f"Request body is larger than {BODY_MAX_BYTES} bytes.", "invalid_request_error")
+        except JsonInputError as exc:  # deep nesting, lone surrogates, huge numbers, not UTF-8, ...
+            return _error(400, f"Request body is not valid JSON: {exc}.", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "Request body must be a JSON object.", "invalid_request_error")
         try:
             chat_request = ChatRequest.model_validate(body)
-        except RecursionError:
-            return _error(400, "Request body is nested too deeply.", "invalid_request_error")
         except ValidationError as exc:
-            problem = exc.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"])
-            return _error(400, f"Invalid request: {where}: {problem['msg']}", "invalid_request_error", param=where)
+            where, why = invalid_request(exc)
+            return _error(400, f"Invalid request: {where}: {why}", "invalid_request_error", param=where)
         name = name or chat_request.model
         if not name:
             return _error(400, "Missing required parameter: 'model'.", "invalid_request_error", param="model")
@@ -189,7 +192,7 @@ def create_app(
         )
         if not 1 <= max_tokens <= MAX_TOKENS_CAP:
             return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
-        messages = [{"role": m.role, "content": m.text()} for m in chat_request.messages]
+        messages = [m.for_template() for m in chat_request.messages]
         # Checked here, not in the worker: an oversized prompt would hold the model (and every
         # request queued behind it) for minutes before failing or producing garbage.
         try:
@@ -198,12 +201,12 @@ def create_app(
             return _error(400, f"Invalid messages for this model's chat template: {exc}", "invalid_request_error", param="messages")
         if problem:
             return _error(400, problem, "invalid_request_error", "context_length_exceeded", "messages")
-        future = worker.submit(Job(messages, served[name], max_tokens, chat_request.stop_sequences()))
-        waiting = asyncio.wrap_future(future)
+        job = Job(messages, served[name], max_tokens, chat_request.stop_sequences())
+        waiting = asyncio.wrap_future(worker.submit(job))
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
             if not waiting.done() and await request.is_disconnected():
-                future.cancel()  # still queued: the worker skips it; already running: it finishes unused
+                job.abandon()  # queued: the worker skips it; being decoded: its row stops at the next step
                 return _error(499, "Client closed the request.", "invalid_request_error")
         try:
             result = waiting.result()
@@ -248,11 +251,46 @@ def is_loopback(host: str) -> bool:
 
 def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
     """`<dir>/adapter_<track>/` folders holding a PEFT adapter, served under the name `<track>`."""
+    adapters_dir = Path(adapters_dir)
+    if not adapters_dir.is_dir():
+        problem = "is not a folder" if adapters_dir.exists() else "does not exist"
+        raise SlmSwapError(f"--adapters-dir {adapters_dir}: {problem}")
     found = {}
-    for folder in sorted(Path(adapters_dir).glob("adapter_*")):
+    for folder in sorted(adapters_dir.glob("adapter_*")):
         if (folder / "adapter_config.json").is_file():
             found[check_adapter_name(folder.name.removeprefix("adapter_"))] = folder
+    if not found:
+        print(f"warning: --adapters-dir {adapters_dir}: no adapter_<track>/ folder with an adapter_config.json; "
+              "serving the base model only")
     return found
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and listening, or one line saying why not. Bound before the model
+    loads, so a port in use is refused at once, and handed to uvicorn, so nothing can take the port
+    in between. Port 0: any free port (the socket says which)."""
+    if not 0 <= port <= 65535:
+        raise SlmSwapError(f"--port {port}: not a TCP port (0-65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn reads --host
+    try:
+        address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0][4]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SlmSwapError(f"--host {host}: cannot be resolved ({exc})") from None
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog; listening now keeps any other server off the port
+    except OSError as exc:
+        sock.close()
+        reasons = {
+            errno.EADDRINUSE: "already in use (another server?): choose another --port",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "not an address of this machine",
+        }
+        raise SlmSwapError(f"cannot listen on {where}: {reasons.get(exc.errno, exc.strerror or exc)}") from None
+    return sock
 
 
 def serve(
@@ -267,7 +305,7 @@ def serve(
     load_in_4bit: bool | None = None,
     batch_wait_ms: float = SERVE_BATCH_WAIT_MS,
 ) -> None:
-    """Load the model and adapters, then serve until interrupted."""
+    """Check every setting and bind the port, then load the model and adapters and serve until interrupted."""
     import uvicorn
 
     if batch_size < 1:
@@ -276,15 +314,27 @@ def serve(
         raise SlmSwapError(f"--max-new-tokens must be between 1 and {MAX_TOKENS_CAP}, got {max_new_tokens}")
     if not (0 <= batch_wait_ms <= 60_000):
         raise SlmSwapError(f"--batch-wait-ms must be between 0 and 60000, got {batch_wait_ms}")
-
-    if not is_loopback(host) and not api_key:
-        print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
-    model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
-    for name, path in (adapters or {}).items():
-        model.add_adapter(name, path)
+    if api_key is not None and not api_key.strip():
+        raise SlmSwapError("--api-key is empty: give a key, or leave it out to serve without one")
     name = model_name or Path(model_path).name
-    if name in model.adapters:
+    if name in (adapters or {}):
         raise SlmSwapError(f"adapter name {name!r} clashes with the base model's name: rename one (--model-name)")
-    app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000)
-    print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{host}:{port}/v1", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    for path in (adapters or {}).values():
+        check_adapter(path)
+    sock = listening_socket(host, port)
+    try:
+        if not is_loopback(host) and not api_key:
+            print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
+        model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
+        for adapter, path in (adapters or {}).items():
+            model.add_adapter(adapter, path)
+        app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000)
+        bound_port = sock.getsockname()[1]
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{url_host}:{bound_port}/v1", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:  # uvicorn logged why (e.g. the app's startup failed)
+        raise SlmSwapError(f"the server on {host}:{bound_port} did not start")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,47 @@ from slm_swap.infra.fileio import read_json, read_jsonl
 FINE_TUNE_EXIT = 10
 # A rate read back from JSON is passes / n as a float; it is taken as a count only this close to one.
 _COUNT_TOLERANCE = 1e-6
+_MAX_N = 2**53  # rates times n are exact in floats up to here (and a larger n has no float at all)
+# Decimal places a delta may have: finer than any test set resolves, and it bounds the arithmetic.
+MAX_DELTA_PLACES = 100
 
 
 def parse_delta(value: str | float | Fraction) -> Fraction:
-    """delta as an exact fraction: text as typed, a float by its shortest decimal form (0.01 -> 1/100)."""
+    """delta as an exact fraction: text as typed, a float by its shortest decimal form (0.01 -> 1/100).
+    A gap is a difference of two rates, so only 0 <= delta < 1 means anything: a delta of 1 or more
+    could never be exceeded, and `1e999` has no float form to print or trace."""
     if isinstance(value, Fraction):
         delta = value
     else:
-        text = repr(value) if isinstance(value, float) else str(value).strip()
-        try:
-            delta = Fraction(text)
-        except (ValueError, ZeroDivisionError):
-            raise SlmSwapError(f"--delta must be a finite number >= 0, got {value!r}") from None
-    if delta < 0:
-        raise SlmSwapError(f"--delta must be a finite number >= 0, got {value}")
+        delta = _decimal_fraction(repr(value) if isinstance(value, float) else str(value).strip(), value)
+    if not 0 <= delta < 1:
+        raise SlmSwapError(f"--delta must be a number with 0 <= delta < 1, got {_shown(value)}")
     return delta
+
+
+def _decimal_fraction(text: str, value: object) -> Fraction:
+    """The exact value of a decimal. Through `Decimal`, which keeps `1e-999999999` as digits and an
+    exponent, where `Fraction(text)` would first compute 10**999999999."""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise SlmSwapError(f"--delta must be a decimal number with 0 <= delta < 1, got {_shown(value)}") from None
+    if not number.is_finite() or not 0 <= number < 1:
+        raise SlmSwapError(f"--delta must be a number with 0 <= delta < 1, got {_shown(value)}")
+    if number == 0:
+        return Fraction(0)
+    sign, digits, exponent = number.as_tuple()
+    significant = "".join(map(str, digits)).rstrip("0")
+    exponent += len(digits) - len(significant)
+    if -exponent > MAX_DELTA_PLACES:
+        raise SlmSwapError(f"--delta must have at most {MAX_DELTA_PLACES} decimal places, got {_shown(value)}")
+    return Fraction(int(significant), 10**-exponent)
+
+
+def _shown(value: object) -> str:
+    """The value as typed, quoted (argv may hold undecodable bytes as lone surrogates), cut to 40 characters."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def delta_text(delta: Fraction) -> str:
@@ -125,7 +152,11 @@ def load_metrics_file(path: Path, track: str) -> dict[str, Any]:
             raise SlmSwapError(f"{path}: not a metrics file for track {track!r} (missing {key!r})")
     n = data["n"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SlmSwapError(f"{path}: 'n' must be a whole number >= 1, got {n!r}")
+        raise SlmSwapError(f"{path}: 'n' must be a whole number >= 1, got {_shown(n)}")
+    if n > _MAX_N:
+        raise SlmSwapError(f"{path}: 'n' must be a whole number at most 2**53, got {_shown(n)}")
+    if not isinstance(data.get("records_path"), (str, type(None))):
+        raise SlmSwapError(f"{path}: 'records_path' must be a file name or null, got {_shown(data['records_path'])}")
     if not isinstance(data["dataset"], dict) or not isinstance(data["dataset"].get("sha256"), str):
         raise SlmSwapError(f"{path}: 'dataset' must be an object with the dataset's 'sha256', got {data['dataset']!r}")
     return data

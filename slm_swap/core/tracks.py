@@ -23,13 +23,13 @@ repair. An output of `None` is a request that failed; it fails every metric.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from slm_swap.core.bfcl_match import args_ast_match
 from slm_swap.core.verdict import verdict
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import canonical_json
 
@@ -44,9 +44,10 @@ Call = tuple[Any, Any]  # (name, arguments) as the output gave them
 
 
 def _loads(text: str) -> Any:
+    """A model's answer as JSON; what `json_input` refuses (too deep, a number too long) is not parsed."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        return json_input.loads(text)
+    except json_input.JsonInputError:
         return NOT_PARSED
 
 
@@ -174,7 +175,7 @@ class StructuredTrack(RowTrack):
 
     def _score(self, output: str | None, gold_completion: str) -> tuple[dict[str, Any], Call | None]:
         value = parse_structured(output)
-        gold = json.loads(gold_completion)
+        gold = parse_structured(gold_completion)  # the rows were checked (`gold_problem`) before any scoring
         valid = value is not NOT_PARSED
         record = {
             "parsed": value if valid else None,

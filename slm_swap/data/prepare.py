@@ -75,6 +75,7 @@ def write_dataset(
     in with them; `extra_manifest` adds keys to `dataset.json`."""
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         files: dict[str, str] = {}

@@ -7,12 +7,12 @@ others are counted in the summary. The set is gated on the hub: users download i
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from slm_swap.data.examples import Example
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_json, read_jsonl
 
@@ -27,7 +27,7 @@ def _signature(tool: dict[str, Any]) -> dict[str, Any]:
     """
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for param, spec in (tool.get("parameters") or {}).items():
+    for param, spec in (tool.get("parameters") or {}).items():  # an object: `_tools_problem` checked it
         spec = spec if isinstance(spec, dict) else {}
         type_text = str(spec.get("type", ""))
         optional = "optional" in type_text
@@ -49,12 +49,25 @@ def _signature(tool: dict[str, Any]) -> dict[str, Any]:
 def _parse_field(path: Path, row: dict[str, Any], key: str) -> list[Any]:
     value = row[key]
     try:
-        parsed = json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError as exc:
-        raise SlmSwapError(f"{path}: row id={row['id']}: {key!r} is not valid JSON ({exc.msg})") from None
+        parsed = json_input.loads(value) if isinstance(value, str) else value
+    except json_input.JsonInputError as exc:
+        joined = " is" if str(exc).startswith("not ") else ":"  # "'answers' is not valid JSON (...)", "'tools': nested ..."
+        raise SlmSwapError(f"{path}: row id={row['id']}: {key!r}{joined} {exc}") from None
     if not isinstance(parsed, list):
         raise SlmSwapError(f"{path}: row id={row['id']}: {key!r} must be a JSON list")
     return parsed
+
+
+def _tools_problem(tools: list[Any]) -> str | None:
+    """Why a row's tools cannot be shown as signatures, or None: each an object with a string name
+    and `parameters`, where given, an object (xLAM's `{param: {description, type, default}}`)."""
+    for number, tool in enumerate(tools, start=1):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            return f"'tools' entry {number} needs a 'name' (a string)"
+        parameters = tool.get("parameters")
+        if parameters and not isinstance(parameters, dict):  # none at all (null, [], "") is no parameters
+            return f"'tools' entry {number} ({tool['name']}): 'parameters' must be an object, got {type(parameters).__name__}"
+    return None
 
 
 def load_xlam(path: Path) -> tuple[list[Example], Counter]:
@@ -76,14 +89,14 @@ def load_xlam(path: Path) -> tuple[list[Example], Counter]:
             raise SlmSwapError(f"{path}: row id={row['id']}: 'query' must be a string")
         answers = _parse_field(path, row, "answers")
         tools = _parse_field(path, row, "tools")
+        if problem := _tools_problem(tools):
+            raise SlmSwapError(f"{path}: row id={row['id']}: {problem}")
         if len(answers) != 1:
             skipped["multi_call" if answers else "no_call"] += 1
             continue
         call = answers[0]
         if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not isinstance(call.get("arguments"), dict):
             raise SlmSwapError(f"{path}: row id={row['id']}: 'answers' must hold {{'name': str, 'arguments': object}}")
-        if not all(isinstance(tool, dict) and isinstance(tool.get("name"), str) for tool in tools):
-            raise SlmSwapError(f"{path}: row id={row['id']}: every entry of 'tools' needs a 'name'")
         if call["name"] not in {tool["name"] for tool in tools}:
             skipped["answer_tool_not_listed"] += 1
             continue

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, Iterator
 
 from slm_swap.data.examples import load_rows
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.llm.completion import Completion
 from slm_swap.infra.fileio import (
@@ -33,6 +34,7 @@ from slm_swap.core.prompts import build_messages
 from slm_swap.core.results import metrics_document
 from slm_swap.core.tracks import get_row_track
 from slm_swap.infra.progress import Progress, progress_meter
+from slm_swap.infra.recordable import recordable
 from slm_swap.infra.tracing import NullRun, Run
 
 
@@ -100,10 +102,10 @@ def _read_records(path: Path) -> dict[int, dict[str, Any]]:
     done: dict[int, dict[str, Any]] = {}
     if not path.exists():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = json_input.loads(line)
+        except json_input.JsonInputError:
             continue
         if isinstance(record, dict) and isinstance(record.get("index"), int) and not record.get("error"):
             done[record["index"]] = record
@@ -169,19 +171,20 @@ def run_eval(
                 index = pending[completion.index]
                 # The row, its line of the answers file (BFCL) and the model's output: what the track scores.
                 answered = {**rows[index], **(answers[index] if answers else {}), "output": completion.text}
-                record = {
+                # Scored as the model sent it; recorded and traced writable (`recordable`: lone surrogates).
+                record = recordable({
                     "index": index,
                     "output": completion.text,
                     "error": completion.error,
                     "latency_s": round(completion.latency_s, 4),
                     **row_track.score(answered),
-                }
+                })
                 log.write(json.dumps(record, ensure_ascii=False) + "\n")
                 log.flush()
                 trace.example(
                     index,
                     input=rows[index]["prompt"],
-                    output=completion.text,
+                    output=record["output"],
                     metadata={k: v for k, v in record.items() if k not in ("output", "parsed", "index")},
                     scores={k: v for k, v in record.items() if isinstance(v, bool)},  # pass/fail per metric
                     generation={"model": completion.model, "prompt_tokens": completion.prompt_tokens,

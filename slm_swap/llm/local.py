@@ -34,7 +34,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (end of turn), "length" (hit max_new_tokens) or "abandoned" (its caller left)
 
 
 class LocalModel:
@@ -118,31 +118,42 @@ class LocalModel:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
-                 stop: list[list[str]] | None = None) -> list[Generation]:
+                 stop: list[list[str]] | None = None,
+                 abandoned: list[Callable[[], bool]] | None = None) -> list[Generation]:
         """Greedy continuations of rendered prompts, decoded together, in input order."""
-        finished = dict(self.stream(prompts, adapter, max_new_tokens, stop))
+        finished = dict(self.stream(prompts, adapter, max_new_tokens, stop, abandoned))
         return [finished[index] for index in range(len(prompts))]
 
     def stream(self, prompts: list[str], adapter: str | None = DEFAULT, max_new_tokens: int | None = None,
-               stop: list[list[str]] | None = None) -> Iterator[tuple[int, Generation]]:
+               stop: list[list[str]] | None = None,
+               abandoned: list[Callable[[], bool]] | None = None) -> Iterator[tuple[int, Generation]]:
         """(index in `prompts`, generation) as each prompt finishes; all decoded together (see `decoder.greedy_decode`).
         `stop[i]`: strings that end prompt i's generation once its text contains one (the text keeps
-        it: callers cut there, as OpenAI's `stop` does); otherwise only end-of-turn tokens end it."""
+        it: callers cut there, as OpenAI's `stop` does); otherwise only end-of-turn tokens end it.
+        `abandoned[i]()`: whether prompt i's caller has gone; once it says so, the row leaves the
+        batch at the next decode step, with finish reason "abandoned"."""
         rows = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        given_up: set[int] = set()  # rows ended because their caller left
+        checked = abandoned is not None or bool(stop and any(stop))
+        should_stop = self._stop_check(stop or [[] for _ in prompts], abandoned, given_up) if checked else None
         with self._using(adapter):
-            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids,
-                                    self._stop_check(stop) if stop and any(stop) else None)
+            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids, should_stop)
             for index, tokens, reason in decoded:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                yield index, Generation(text, len(rows[index]), len(tokens), reason)
+                yield index, Generation(text, len(rows[index]), len(tokens), "abandoned" if index in given_up else reason)
 
-    def _stop_check(self, stop: list[list[str]]) -> Callable[[int, list[int]], bool]:
-        """Whether row i's newest tokens complete one of its stop strings. Only the tail is decoded:
-        every token spells at least one character, so a stop string lies within its last
-        len(stop) + 1 tokens (one more for a token it shares with the text before)."""
+    def _stop_check(self, stop: list[list[str]], abandoned: list[Callable[[], bool]] | None,
+                    given_up: set[int]) -> Callable[[int, list[int]], bool]:
+        """Whether row i is to end now: its caller has gone (the row is added to `given_up`), or its
+        newest tokens complete one of its stop strings. Only the tail is decoded: every token spells
+        at least one character, so a stop string lies within its last len(stop) + 1 tokens (one more
+        for a token it shares with the text before)."""
         windows = [max(map(len, strings), default=0) + 1 for strings in stop]
 
         def check(row: int, tokens: list[int]) -> bool:
+            if abandoned is not None and abandoned[row]():
+                given_up.add(row)
+                return True
             if not stop[row]:
                 return False
             tail = self.tokenizer.decode(tokens[-windows[row]:], skip_special_tokens=True)

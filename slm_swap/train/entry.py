@@ -21,6 +21,7 @@ from pathlib import Path
 
 from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.infra.errors import SlmSwapError
+from slm_swap.train.launch import CHILD_ERROR_PREFIX
 from slm_swap.train.options import TrainEntryRequest, TrainOptions
 
 
@@ -36,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_request(TrainEntryRequest, args)
         manifest = _train(args)
-    except SlmSwapError as exc:
-        print(f"slm_swap.train: error: {exc}", file=sys.stderr)
+    except SlmSwapError as exc:  # `slm-swap train` shows this line as its own (slm_swap.train.launch)
+        print(f"{CHILD_ERROR_PREFIX}{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the disk, not the input: full, read-only, a path that went away mid-run
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{CHILD_ERROR_PREFIX}{where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     if manifest is None:  # not the main process: it has nothing to report
         return 0

@@ -5,7 +5,9 @@ options, and the pipeline's fine-tune passes them on (`TrainOptions.launch_args`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
+
+from pydantic import AfterValidator
 
 from slm_swap.core.tracks import TRACKS
 from slm_swap.infra.cli_options import Request, flag_of, option
@@ -14,6 +16,18 @@ Track = Literal[tuple(TRACKS)]  # type: ignore[valid-type]  (the track registry'
 Sampling = Literal["group_by_length", "random"]
 Precision = Literal["auto", "bf16", "fp32"]
 SAMPLING, PRECISIONS = get_args(Sampling), get_args(Precision)
+ONE_EPOCH = -1  # the step cap that means none: the seed's one epoch (what an omitted --max-steps gives)
+STEP_CAP_HELP = "stop after N optimizer steps, N >= 1 (default: no cap, the seed's one epoch)"
+
+
+def check_step_cap(steps: int) -> int:
+    """A training step cap: >= 1, or ONE_EPOCH (left out). 0 would train one step at learning rate 0."""
+    if steps != ONE_EPOCH and steps < 1:
+        raise ValueError(f"must be >= 1, or left out for the seed's one epoch; got {steps}")
+    return steps
+
+
+StepCap = Annotated[int, AfterValidator(check_step_cap)]
 
 
 class TrainOptions(Request):
@@ -26,10 +40,10 @@ class TrainOptions(Request):
     precision: Precision = option(
         "auto", "auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32; fp32 for the same numbers "
                 "on every CPU")
-    max_steps: int = option(-1, "stop after N optimizer steps (-1: the seed's one epoch)")
+    max_steps: StepCap = option(ONE_EPOCH, STEP_CAP_HELP)
     batch_size: int | None = option(None, "rows per device per optimizer step (default: the track's: " + ", ".join(
         f"{name} {track.train_batch_size}" for name, track in TRACKS.items()) + ")")
-    save_steps: int = option(50, "checkpoint every N steps")
+    save_steps: int = option(50, "checkpoint every N steps", ge=1)
 
     def launch_args(self) -> list[str]:
         """These options as `python -m slm_swap.train` flags: the ones that differ from the defaults."""

@@ -29,7 +29,7 @@ from slm_swap.train.backends import choose_backend, determinism, load_for_traini
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
 from slm_swap.train.manifest import MANIFEST, requested_settings, what_ran
-from slm_swap.train.options import PRECISIONS, SAMPLING, TRAIN_DEFAULTS
+from slm_swap.train.options import PRECISIONS, SAMPLING, TRAIN_DEFAULTS, check_step_cap
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ def use_bf16(precision: str, cuda: bool) -> bool:
 def validate(request: TrainRequest) -> None:
     """Every bad input is refused before anything is loaded or written."""
     get_track(request.track)
+    try:
+        check_step_cap(request.max_steps)
+    except ValueError as exc:
+        raise SlmSwapError(f"--max-steps {exc}") from None
+    if request.save_steps < 1:
+        raise SlmSwapError(f"--save-steps must be >= 1, got {request.save_steps}")
     if request.precision not in PRECISIONS:
         raise SlmSwapError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if request.sampling not in SAMPLING:

@@ -27,6 +27,7 @@ from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, read_json,
                              remove_stale_temps, write_json)
 from slm_swap.infra.progress import Progress, progress_meter
+from slm_swap.infra.recordable import recordable
 from slm_swap.infra.tracing import NullRun, Run
 from slm_swap.infra.workers import in_threads
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS, AgentModel
@@ -168,7 +169,8 @@ def capture(
             record.update(steps=run.steps, messages=run.messages, finished=run.finished, state=run.state,
                           final_answer=run.final_answer, tool_calls=run.tool_calls, error=None)
         record["latency_s"] = round(time.perf_counter() - begun, 4)
-        return scrub_value(record, model.scrub)
+        # The model's text may hold lone surrogates (`recordable`): written and traced as U+FFFD.
+        return recordable(scrub_value(record, model.scrub))
 
     bar = progress_meter(progress, f"{'capture' if on_record is None else 'agent eval'} {model.identity}",
                          len(examples), len(done))

@@ -28,6 +28,7 @@ from smolagents.agents import EMPTY_PROMPT_TEMPLATES, PromptTemplates
 from smolagents.memory import ActionStep
 from smolagents.models import MessageRole
 
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import canonical_json
 from slm_swap.llm.agent_models import plain_messages
@@ -114,7 +115,8 @@ class SimulatedTool(Tool):
         missing = [p for p in self.required if p not in arguments]
         if missing:
             raise TypeError(f"{self.name}() missing required argument(s): {', '.join(missing)}")
-        return simulated_observation(self.source_name, arguments)
+        # As recorded (`_plain`): any value the model's code makes gets an answer, none an exception.
+        return simulated_observation(self.source_name, {k: _plain(v, default=repr) for k, v in arguments.items()})
 
 
 def bind_arguments(tool: str, parameters: list[str], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +152,7 @@ class RecordedTool(Tool):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         arguments = bind_arguments(self.name, list(self.inputs), args, kwargs)
-        self.calls.append({"name": self.source_name, "arguments": json.loads(json.dumps(arguments, default=repr))})
+        self.calls.append({"name": self.source_name, "arguments": {k: _plain(v, default=repr) for k, v in arguments.items()}})
         return self.inner(**arguments)
 
 
@@ -254,9 +256,16 @@ def step_record(step: ActionStep) -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    """A JSON value: the final answer as it is when JSON can hold it, else its repr."""
+def _plain(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """A JSON value the records can hold: `value` (a final answer, a tool call's argument) as it is
+    when JSON can hold it (objects it cannot are passed to `default`), else its repr. The model's code
+    can make anything: `10**5000` (past Python's digit limit), a list nested 100,000 deep, `inf`, lone
+    surrogates; what `json_input` would refuse to read back is not recorded as JSON."""
     try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError):
+        return json_input.loads(json.dumps(value, default=default, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):  # JsonInputError is a ValueError
+        pass
+    try:
         return repr(value)
+    except Exception:  # the digit limit, a deep value, or a __repr__ of the model's own that fails
+        return f"<{type(value).__name__} with no text form>"

@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_lines
 
@@ -36,11 +36,11 @@ def read_trajectories(path: Path, *, torn_ok: bool = False) -> list[dict[str, An
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
+            record = json_input.loads(line)
+        except json_input.JsonInputError as exc:
             if torn_ok:
                 continue
-            raise SlmSwapError(f"{path}:{number}: not valid JSON ({exc})") from None
+            raise SlmSwapError(f"{path}:{number}: {exc}") from None
         if problem := record_problem(record):
             if torn_ok:
                 continue
@@ -58,4 +58,16 @@ def record_problem(record: Any) -> str | None:
     gold = record["gold"]
     if not isinstance(gold.get("name"), str) or not isinstance(gold.get("arguments"), dict):
         return "'gold' must hold 'name' (a string) and 'arguments' (an object)"
+    if not isinstance(gold.get("possible_answer"), (dict, type(None))):
+        return "'gold.possible_answer' must be an object or null"
+    if not all(isinstance(tool, dict) for tool in record["tools"]):
+        return "every entry of 'tools' must be an object (a signature)"
+    if not all(isinstance(step, dict) for step in record["steps"]):
+        return "every entry of 'steps' must be an object"
+    if not all(isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)
+               for call in record["tool_calls"]):
+        return "every entry of 'tool_calls' must hold 'name' (a string) and 'arguments' (an object)"
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+               for m in record["messages"]):
+        return "every entry of 'messages' must hold 'role' and 'content' (strings)"
     return None

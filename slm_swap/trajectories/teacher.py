@@ -40,6 +40,8 @@ from typing import Any
 from slm_swap.core.prompts import build_prompt
 from slm_swap.core.tracks import ROW_TRACKS, get_row_track
 from slm_swap.data.examples import Example
+from slm_swap.infra import json_input
+from slm_swap.infra.json_input import BODY_MAX_BYTES
 from slm_swap.trajectories.codeact import python_name
 
 BEHAVIOURS = ("correct", "wrong", "broken", "fixed", "endless", "busy", "down")
@@ -63,9 +65,10 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         # A client that hangs up (a run stopping at its error budget, a closed keep-alive
-        # connection) is not the server's error: socketserver would print a traceback to stderr,
-        # in the middle of the command's own output. Anything else is still printed.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # connection) or stalls past the handler's timeout is not the server's error: socketserver
+        # would print a traceback to stderr, in the middle of the command's own output. Anything
+        # else is still printed.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 
 
@@ -119,6 +122,39 @@ def _text(content: Any) -> str:
     if isinstance(content, list):  # OpenAI content parts
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return content if isinstance(content, str) else ""
+
+
+def _stops(stop: Any) -> list[str]:
+    """OpenAI's `stop`: one string or a list of them."""
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def request_problem(body: Any) -> str | None:
+    """Why a chat-completions body is not one this server answers (a 400, as OpenAI answers it), or None.
+    Only the fields it reads are checked, with the types OpenAI gives them."""
+    if not isinstance(body, dict):
+        return f"the body must be a JSON object, got {type(body).__name__}"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{number}] must be an object with a 'role' (a string)"
+        content = message.get("content")
+        parts_ok = isinstance(content, list) and all(
+            isinstance(part, dict) and isinstance(part.get("text", ""), str) for part in content)
+        if not (content is None or isinstance(content, str) or parts_ok):
+            return f"messages[{number}].content must be a string, null or a list of parts with text strings"
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return f"'{key}' must be a whole number >= 1"
+    stop = body.get("stop")
+    if not (stop is None or isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        return "'stop' must be a string or a list of strings"
+    if not isinstance(body.get("model", ""), str):
+        return "'model' must be a string"
+    return None
 
 
 class ScriptedTeacher:
@@ -194,7 +230,7 @@ class ScriptedTeacher:
         else:
             step = 1 + sum(1 for role, _ in texts if role == "assistant")
             text = codeact_turn(example, behaviour, step)
-        for stop in body.get("stop") or []:
+        for stop in _stops(body.get("stop")):
             if stop and stop in text:
                 text = text[: text.index(stop)]
         return 200, text
@@ -203,6 +239,8 @@ class ScriptedTeacher:
         teacher = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 60  # seconds a client may stall mid-request before its connection is dropped
+
             def log_message(self, *args: Any) -> None:  # quiet, and never the Authorization header
                 pass
 
@@ -221,14 +259,25 @@ class ScriptedTeacher:
                     return self._send(404, {"error": {"message": "not found", "type": "not_found"}})
                 self._send(200, {"object": "list", "data": [{"id": teacher.model, "object": "model", "owned_by": "slm-swap"}]})
 
+            def _refuse(self, status: int, message: str) -> None:
+                """An error as OpenAI words one; the connection closes after it (HTTP/1.0)."""
+                self._send(status, {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                              "code": None}})
+
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                length_text = (self.headers.get("Content-Length") or "0").strip()
+                if not (length_text.isascii() and length_text.isdigit()):
+                    return self._refuse(400, "Content-Length must be a whole number of bytes")
+                if len(length_text) > 12 or int(length_text) > BODY_MAX_BYTES:  # refused unread
+                    return self._refuse(413, f"the body is larger than {BODY_MAX_BYTES} bytes")
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except json.JSONDecodeError:
-                    return self._send(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+                    body = json_input.loads(self.rfile.read(int(length_text)), max_bytes=BODY_MAX_BYTES)
+                except json_input.JsonInputError as exc:
+                    return self._refuse(400, f"the body is not JSON this server accepts: {exc}")
                 if not self.path.split("?", 1)[0].endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": "not found", "type": "not_found"}})
+                if problem := request_problem(body):
+                    return self._refuse(400, problem)
                 if teacher.step_delay_s:
                     time.sleep(teacher.step_delay_s)
                 status, text = teacher.answer(body)

@@ -10,7 +10,7 @@ from typing import Any
 from langfuse.types import MaskOtelSpansResult, OtelSpanPatch
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from slm_swap.infra.config import REDACTED
+from slm_swap.infra.config import REDACTED, scrub_secrets
 
 SECRET_KEY_PARTS = ("key", "secret", "token", "password")  # broad: hides "max_tokens" too, rather than leak
 VALUE_CAP_BYTES = 4096  # per value, or per top-level entry of a bigger mapping
@@ -23,9 +23,7 @@ class Mask:
     secrets: tuple[str, ...] = ()
 
     def text(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        return scrub_secrets(text, self.secrets)
 
     def scrub(self, value: Any, depth: int = 0) -> Any:
         if depth > 32 or isinstance(value, (SecretStr, SecretBytes)):
