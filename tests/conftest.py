@@ -15,6 +15,12 @@ os.environ.setdefault("LANGFUSE_DISABLED", "1")
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property-based tests draw the same cases on every machine and every run (derandomize), keep no
+# example database between runs, and have no per-example deadline (model loads vary by machine).
+settings.register_profile("slm-swap", derandomize=True, database=None, deadline=None)
+settings.load_profile("slm-swap")
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -7,8 +7,8 @@ What a user relies on, whatever the input:
 - a model's answer never stops an eval: the metrics file is written and counts every row;
 - a server answers a bad body with a 4xx error in OpenAI's shape, and logs no traceback.
 
-Hypothesis draws the inputs deterministically (`derandomize`), so every machine tries the same
-cases; `max_examples` keeps the whole file near a minute.
+Hypothesis draws the inputs deterministically (`derandomize`, tests/conftest.py), so every machine
+tries the same cases; `max_examples` keeps the whole file near half a minute.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from conftest import error_lines
 from openai_stub import OpenAIStub
 from slm_swap.app.cli import main
 
-settings.register_profile("hostile", max_examples=25, deadline=None, database=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-HOSTILE = settings.get_profile("hostile")
+# (conftest.py's profile makes the draws the same on every machine.)
+HOSTILE = settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TRIED: dict[str, int] = {}  # cases run per test, printed at the end (the closing note counts them)
 
 # -- what hostile input looks like ---------------------------------------------------------------
@@ -306,6 +305,38 @@ def test_train_rows_file(data, split, xlam_data_dir, scratch, monkeypatch):
                         "--out", str(out)])
     check_ending("train: a rows file", code, stderr, [out])
     assert code != 2 or not launched
+
+
+@HOSTILE
+@given(content=file_bytes)
+def test_capture_xlam_file(content, hosted_env, scratch):
+    hosted_env.requests.clear()
+    root = scratch()
+    source = root / "xlam.json"
+    source.write_bytes(content)
+    out = root / "trajectories.jsonl"
+    code, stderr = run(["capture", "--source", "xlam", "--dataset-path", str(source), "--limit", "1",
+                        "--max-steps", "1", "--max-retries", "0", "--out", str(out)])
+    check_ending("capture: the xLAM file", code, stderr, [out])
+    if code == 2:
+        assert not hosted_env.requests, "a refused capture sent requests"
+
+
+@HOSTILE
+@given(data=st.data())
+def test_eval_resume_records_file(data, metrics_file, xlam_data_dir, hosted_env, scratch):
+    """An edited records file on --resume: the eval finishes with every row counted, or refuses."""
+    hosted_env.requests.clear()
+    out = scratch() / "toolcall_azure_test.json"
+    for suffix in (".json", ".records.jsonl", ".run.json"):
+        shutil.copy(metrics_file.with_suffix(suffix), out.with_suffix(suffix))
+    records = out.with_suffix(".records.jsonl")
+    records.write_text(data.draw(jsonl_with_a_bad_line(records.read_text().splitlines())))
+    code, stderr = run(eval_argv(xlam_data_dir, out, "toolcall", "--resume"))
+    check_ending("eval --resume: a records file", code, stderr, [])
+    if code == 0:
+        metrics = json.loads(out.read_text())
+        assert metrics["n"] == len((xlam_data_dir / "toolcall" / "test.jsonl").read_text().splitlines())
 
 
 # -- flags and settings --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.trajectory_runs import traced_build, traced_capture, traced_filter
 from slm_swap.app.finetune_step import check_local_model, check_training_plan, training_plan
+from slm_swap.app.path_checks import check_build_paths, check_capture_paths, check_filter_paths
 from slm_swap.app.pipeline import check_hosted_settings
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
@@ -46,6 +47,10 @@ def check_distill_config(settings: Settings, config: DistillConfig) -> None:
     if config.dataset_path and not Path(config.dataset_path).is_file():
         raise SlmSwapError(f"--dataset-path {config.dataset_path}: no such file")
     check_writable_file(config.trajectories, "--trajectories-dir")
+    # The files each step writes against what it reads, now rather than at that step.
+    check_capture_paths(config.trajectories, config.dataset_path)
+    check_filter_paths(config.trajectories, Path(config.trajectories_dir))
+    check_build_paths(accepted_path(Path(config.trajectories_dir)), config.data_dir)
     check_writable_dir(config.data_dir, "--data-dir")
     check_writable_dir(config.eval_dir, "--out-dir")
     if config.finetune != "never":  # the rows are build's, made later in the run

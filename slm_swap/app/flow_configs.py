@@ -51,7 +51,7 @@ class PipelineConfig(Request):
     tracks: list[Track] = option(list(ROW_TRACK_NAMES), "tracks to evaluate (A: structured, B: toolcall)")
     split: Split = option("test", "split both sides are evaluated on")
     delta: float = option(0.01, "largest gap tolerated on a core metric before the SLM counts as trailing",
-                          ge=0, allow_inf_nan=False)
+                          ge=0, lt=1, allow_inf_nan=False)
     finetune: FinetuneMode = option("auto", "auto: fine-tune a track only when compare says FINE_TUNE=1; always: "
                                             "fine-tune every track; never: evaluate and compare only")
     data: DataSource = option(DataSource(), "where the dataset comes from")
@@ -93,7 +93,7 @@ class DistillConfig(SourceOptions):
     data_dir: Path = option(DEFAULT_DISTILL_DIR, "build's splits: {structured,toolcall,agent}/...")
     eval_dir: Path = option(DEFAULT_DISTILL_EVAL_DIR, "agent metrics files, report.md and report.png", flag="--out-dir")
     ft_dir: Path = option(DEFAULT_FT_DIR, "the adapter goes to <ft-dir>/adapter_agent")
-    delta: float = option(0.01, "largest gap tolerated on a core agent metric", ge=0, allow_inf_nan=False)
+    delta: float = option(0.01, "largest gap tolerated on a core agent metric", ge=0, lt=1, allow_inf_nan=False)
     finetune: FinetuneMode = option("auto", "auto: fine-tune when compare says FINE_TUNE=1; always; never")
     accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
     max_train_steps: StepCap = option(ONE_EPOCH, "training: " + STEP_CAP_HELP)

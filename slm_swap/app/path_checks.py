@@ -18,16 +18,11 @@ from slm_swap.app.requests import EvalRequest
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
 from slm_swap.core.tracks import get_track
 from slm_swap.evaluation.rows import records_path_for
-from slm_swap.infra.output_safety import FlaggedPath, refuse_foreign_folder, refuse_overwriting_inputs
-from slm_swap.llm.model_folders import CHECKPOINT_FILES
-from slm_swap.train.manifest import MANIFEST
+from slm_swap.infra.output_safety import FlaggedPath, refuse_overwriting_inputs
+from slm_swap.train.manifest import refuse_foreign_adapter_folder
 from slm_swap.trajectories.capture import run_file_for
 from slm_swap.trajectories.filter import accepted_path
 
-# What `slm_swap.train` publishes into an adapter folder: PEFT's adapter (and its README), the
-# tokenizer, the manifest. A folder with its manifest and nothing else is one a retrain may replace.
-ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",
-                           "tokenizer.model", MANIFEST, *CHECKPOINT_FILES} - {"model.safetensors", "config.json"})
 
 
 def check_eval_paths(request: EvalRequest, out: Path) -> None:
@@ -86,5 +81,4 @@ def check_adapter_paths(out: Path, *, train: Path, val: Path, base_model: Path |
     rows_folders = [("--train", Path(train).parent), ("--val", Path(val).parent)]
     refuse_overwriting_inputs([(flag, out), (f"{flag} (its checkpoints)", Path(f"{out}.checkpoints"))], inputs,
                               rows_folders)
-    ours = out.is_dir() and (out / MANIFEST).is_file()
-    refuse_foreign_folder(out, flag, ADAPTER_FILES if ours else None, f"an adapter slm-swap trained (no {MANIFEST})")
+    refuse_foreign_adapter_folder(out, flag)

@@ -23,6 +23,7 @@ from slm_swap.infra.fileio import (
     atomic_write_text,
     check_writable_file,
     jsonl_text,
+    naming_path,
     read_json,
     read_jsonl,
     remove_stale_temps,
@@ -97,8 +98,9 @@ def check_eval_inputs(*, track: str, split: str, data_dir: Path, out: Path, limi
     return split_data
 
 
-def _read_records(path: Path) -> dict[int, dict[str, Any]]:
-    """Finished records by index; a torn last line (killed mid-write) and errored examples are dropped."""
+def _read_records(path: Path, keys: list[str]) -> dict[int, dict[str, Any]]:
+    """Finished records by index; a torn last line (killed mid-write), errored examples and records
+    without a pass/fail value for every one of `keys` (an edited file) are dropped: asked again."""
     done: dict[int, dict[str, Any]] = {}
     if not path.exists():
         return done
@@ -107,7 +109,8 @@ def _read_records(path: Path) -> dict[int, dict[str, Any]]:
             record = json_input.loads(line)
         except json_input.JsonInputError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("index"), int) and not record.get("error"):
+        if (isinstance(record, dict) and isinstance(record.get("index"), int) and not record.get("error")
+                and all(isinstance(record.get(key), bool) for key in keys)):
             done[record["index"]] = record
     return done
 
@@ -153,7 +156,8 @@ def run_eval(
     for path in (out, records_path, run_path):
         remove_stale_temps(path)  # left by a process killed mid-write
     if previous is not None:
-        done = {i: r for i, r in _read_records(records_path).items() if i < len(rows)}
+        core_keys = [name.removesuffix("_rate") for name in get_row_track(track).core_metrics]
+        done = {i: r for i, r in _read_records(records_path, core_keys).items() if i < len(rows)}
     else:
         done = {}
         write_json(run_path, run)
@@ -179,8 +183,9 @@ def run_eval(
                     "latency_s": round(completion.latency_s, 4),
                     **row_track.score(answered),
                 })
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-                log.flush()
+                with naming_path(records_path):  # a full disk: one line naming the file
+                    log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    log.flush()
                 trace.example(
                     index,
                     input=rows[index]["prompt"],

@@ -13,9 +13,24 @@ So nothing outside `requested` can claim a 4-bit load, a bf16 run or a setting t
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
+from slm_swap.infra.output_safety import refuse_foreign_folder
+from slm_swap.llm.model_folders import CHECKPOINT_FILES
+
 MANIFEST = "slm_swap_adapter.json"
+# What training publishes into an adapter folder: PEFT's adapter (and its README), the tokenizer,
+# the manifest. A folder with its manifest and nothing else is one a retrain may replace.
+ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",
+                           "tokenizer.model", MANIFEST, *CHECKPOINT_FILES} - {"model.safetensors", "config.json"})
+
+
+def refuse_foreign_adapter_folder(out: Path, flag: str = "--out") -> None:
+    """Training replaces `out` whole: refuse unless it is absent, empty, or an adapter this product
+    trained (its manifest there) holding nothing else, whatever --overwrite says."""
+    ours = Path(out).is_dir() and (Path(out) / MANIFEST).is_file()
+    refuse_foreign_folder(Path(out), flag, ADAPTER_FILES if ours else None, f"an adapter slm-swap trained (no {MANIFEST})")
 
 
 def requested_settings(*, backend: str, precision: str, sampling: str, max_steps: int, resume: bool,

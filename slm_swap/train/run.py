@@ -28,7 +28,7 @@ from slm_swap.infra.tracing import NullRun, Run
 from slm_swap.train.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
-from slm_swap.train.manifest import MANIFEST, requested_settings, what_ran
+from slm_swap.train.manifest import MANIFEST, refuse_foreign_adapter_folder, requested_settings, what_ran
 from slm_swap.train.options import PRECISIONS, SAMPLING, TRAIN_DEFAULTS, check_step_cap
 
 
@@ -96,6 +96,7 @@ def validate(request: TrainRequest) -> None:
         raise SlmSwapError(f"{out} already holds an adapter: pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise SlmSwapError(f"{out} exists and is not a folder")
+    refuse_foreign_adapter_folder(out)  # `python -m slm_swap.train` too: never a folder of the user's
 
 
 def trace_input(request: TrainRequest) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from slm_swap.data.examples import Example
 from slm_swap.infra.errors import SlmSwapError
-from slm_swap.infra.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, read_json,
-                             remove_stale_temps, write_json)
+from slm_swap.infra.fileio import (atomic_write_text, canonical_json, check_writable_file, jsonl_text, naming_path,
+                             read_json, remove_stale_temps, write_json)
 from slm_swap.infra.progress import Progress, progress_meter
 from slm_swap.infra.recordable import recordable
 from slm_swap.infra.tracing import NullRun, Run
@@ -180,8 +180,9 @@ def capture(
             for record in results:
                 if on_record is not None:
                     record = on_record(record)
-                log.write(json.dumps(record, ensure_ascii=False) + "\n")
-                log.flush()
+                with naming_path(out):  # a full disk: one line naming the file
+                    log.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    log.flush()
                 _trace_trajectory(trace, record)
                 bar.update(1)
                 done[record["request_id"]] = record  # a failed request stays in the file; resume asks it again
