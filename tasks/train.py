@@ -16,10 +16,20 @@ from slm_swap.app.finetune_step import (TrainingPlan, check_training_plan, launc
 from slm_swap.infra.config import load_settings
 
 
-def _log_line(text: str) -> None:
-    # Whole lines only: a progress bar's redraws (segments ending in "\r") would each be a log record.
-    if text.endswith("\n") and text.strip():
-        print(text.rstrip())
+class _LogLines:
+    """The training's output as log records, one per line. A progress bar's redraws (segments ending
+    in "\r") would each be a record: only its last state before a newline is kept."""
+
+    def __init__(self) -> None:
+        self.redraw = ""
+
+    def __call__(self, text: str) -> None:
+        if text.endswith("\r"):
+            self.redraw = text
+            return
+        line, self.redraw = (self.redraw if text == "\n" else text), ""
+        if line.strip():
+            print(line.strip("\r\n"))
 
 
 @task(name="train-adapter", task_run_name="train-adapter-{plan.track}", cache_policy=NO_CACHE, log_prints=True)
@@ -31,5 +41,5 @@ def train_adapter(plan: TrainingPlan, flow_run_id: str | None = None) -> dict[st
         print(f"reusing {plan.out} (trained {reused.get('finished_at')} from the same data and base model)")
         return reused
     check_training_plan(settings, plan)
-    launch_training(plan, flow_run_id, echo=_log_line, merge_stdout=True)
+    launch_training(plan, flow_run_id, echo=_LogLines(), merge_stdout=True)
     return read_adapter_manifest(plan.out)

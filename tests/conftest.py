@@ -13,6 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("LANGFUSE_DISABLED", "1")
 
 import socket  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -24,10 +25,11 @@ settings.load_profile("slm-swap")
 
 
 def error_lines(stderr: str) -> list[str]:
-    """stderr without the informational lines commands print (resolved settings, the tracing-off
-    warning, transformers' weight-loading bar): what is left must be exactly the one error line."""
+    """stderr without the informational lines commands print (resolved settings, the tracing-off and
+    short-key warnings, transformers' weight-loading bar): what is left must be exactly the one error line."""
     return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith(("settings: ", "warning: LANGFUSE_DISABLED", "Loading weights"))]
+            if line.strip() and not line.startswith(("settings: ", "warning: LANGFUSE_DISABLED", "Loading weights"))
+            and not (line.startswith("warning: ") and " is shorter than 8 characters" in line)]
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +100,11 @@ def loopback_only(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     yield
     assert not refused, f"something tried to reach beyond 127.0.0.1: {refused}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated hostile cases ran (tests/test_hostile_inputs.py), when that file ran."""
+    hostile = sys.modules.get("test_hostile_inputs")
+    if hostile is not None and hostile.TRIED:
+        counts = ", ".join(f"{name}={count}" for name, count in sorted(hostile.TRIED.items()))
+        terminalreporter.write_line(f"hostile cases tried: {sum(hostile.TRIED.values())} ({counts})")

@@ -4,10 +4,13 @@ one line; settings that do not parse, step caps below one and secrets of any len
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -277,3 +280,38 @@ def test_a_short_key_echoed_by_the_server_reaches_no_output(xlam_data_dir, tmp_p
     assert (tmp_path / "done.json").is_file()
     for path in tmp_path.iterdir():
         assert leaked not in path.read_text(), path
+
+
+def test_a_short_key_that_is_also_a_word_of_the_answers_never_changes_a_score(xlam_data_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A short key (vLLM's `EMPTY`, or here a word the gold answers hold) is scrubbed from what is
+    recorded, never from what is scored: a model that answers every row exactly scores 1.0."""
+    rows = [json.loads(line) for line in (xlam_data_dir / "toolcall" / "test.jsonl").read_text().splitlines()]
+    words = Counter(w for row in rows for w in re.findall(r"(?<!\w)\w{2,7}(?!\w)", row["completion"]))
+    key = words.most_common(1)[0][0]  # a short word of most gold answers: scrubbing it would break them
+    gold = {row["prompt"]: row["completion"] for row in rows}
+    for name in ("AZURE_ENDPOINT", "AZURE_API_KEY", "AZURE_DEPLOYMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANGFUSE_DISABLED", "1")
+    with OpenAIStub(lambda messages: gold[messages[-1]["content"]]) as stub:
+        monkeypatch.setenv("HOSTED_BASE_URL", f"{stub.url}/v1")
+        monkeypatch.setenv("HOSTED_MODEL", "m")
+        monkeypatch.setenv("HOSTED_API_KEY", key)
+        assert main(["eval", "--track", "toolcall", "--model-kind", "azure", "--data-dir", str(xlam_data_dir),
+                     "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["args_exact_rate"] == metrics["valid_call_rate"] == 1.0
+    records = (tmp_path / "m.records.jsonl").read_text()
+    assert REDACTED in records and not re.search(rf"(?<!\w){re.escape(key)}(?!\w)", records)
+    assert "HOSTED_API_KEY is shorter than 8 characters" in capsys.readouterr().err
+
+
+def test_the_childs_line_is_found_after_a_progress_bar(tmp_path):
+    """tqdm leaves its last redraw without a newline: the child's line follows it in one segment."""
+    shown: list[str] = []
+    child = ("import sys; sys.stderr.write('\\r 40%|####  |'); sys.stderr.flush(); "
+             "print('slm_swap.train: error: out: No space left on device', file=sys.stderr); sys.exit(2)")
+    with pytest.raises(SlmSwapError) as refused:
+        run_training([sys.executable, "-c", child], echo=shown.append)
+    assert str(refused.value) == "training failed: out: No space left on device"
+    assert "".join(shown) == "\r 40%|####  |"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import error_lines
@@ -34,11 +34,11 @@ from slm_swap.app.cli import main
 
 # (conftest.py's profile makes the draws the same on every machine.)
 HOSTILE = settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-TRIED: dict[str, int] = {}  # cases run per test, printed at the end (the closing note counts them)
+TRIED: dict[str, int] = {}  # cases run per test: conftest.py prints them at the end of the run
 
 # -- what hostile input looks like ---------------------------------------------------------------
 
-# The cases that crashed before (issue 29), always tried first, then generated ones.
+# The cases that crashed before (issue 29): each test that takes a file tries them all (`with_extremes`).
 EXTREMES = [
     "[" * 100_000,                      # RecursionError in json
     '{"a":' * 100_000 + "1" + "}" * 100_000,
@@ -77,6 +77,16 @@ def jsonl_with_a_bad_line(lines: list[str]):
         return bad.map(lambda text: "\n".join(lines[:index] + [text] + lines[index + 1:]) + "\n")
 
     return st.integers(0, len(lines) - 1).flatmap(place)
+
+
+def with_extremes(argument: str = "content", **fixed: Any):
+    """Every case of EXTREMES, as bytes in `argument`, tried as an explicit example before the drawn
+    ones (a draw may miss some); `fixed` gives the test's other arguments for them."""
+    def decorate(test):
+        for text in EXTREMES:
+            test = example(**{argument: text.encode("utf-8", "surrogatepass")}, **fixed)(test)
+        return test
+    return decorate
 
 
 # -- running a command ---------------------------------------------------------------------------
@@ -151,6 +161,7 @@ def eval_outputs(out: Path) -> list[Path]:
 # -- input files ---------------------------------------------------------------------------------
 
 @HOSTILE
+@with_extremes(suffix=".json")
 @given(content=file_bytes, suffix=st.sampled_from([".json", ".jsonl"]))
 def test_prepare_xlam_file(content, suffix, scratch):
     root = scratch()
@@ -205,6 +216,7 @@ def test_eval_rows_file(track, data, xlam_data_dir, hosted_env, scratch):
 
 
 @HOSTILE
+@with_extremes()
 @given(content=file_bytes)
 def test_eval_answers_file(content, xlam_data_dir, hosted_env, scratch):
     hosted_env.requests.clear()
@@ -220,6 +232,7 @@ def test_eval_answers_file(content, xlam_data_dir, hosted_env, scratch):
 
 
 @HOSTILE
+@with_extremes()
 @given(content=file_bytes)
 def test_infer_functions_file(content, hosted_env, scratch):
     hosted_env.requests.clear()
@@ -243,6 +256,7 @@ def metrics_file(xlam_data_dir, hosted, tmp_path_factory):
 
 
 @HOSTILE
+@with_extremes(side="--slm", records=False)
 @given(content=file_bytes, side=st.sampled_from(["--azure", "--slm"]), records=st.booleans())
 def test_compare_files(content, side, records, metrics_file, scratch):
     root = scratch()
@@ -268,6 +282,7 @@ def test_compare_delta(delta, metrics_file):
 
 
 @HOSTILE
+@with_extremes()
 @given(content=file_bytes)
 def test_filter_trajectories_file(content, scratch):
     root = scratch()
@@ -279,6 +294,7 @@ def test_filter_trajectories_file(content, scratch):
 
 
 @HOSTILE
+@with_extremes()
 @given(content=file_bytes)
 def test_build_accepted_file(content, scratch):
     root = scratch()
@@ -308,6 +324,7 @@ def test_train_rows_file(data, split, xlam_data_dir, scratch, monkeypatch):
 
 
 @HOSTILE
+@with_extremes()
 @given(content=file_bytes)
 def test_capture_xlam_file(content, hosted_env, scratch):
     hosted_env.requests.clear()
@@ -438,6 +455,7 @@ chat_bodies = st.fixed_dictionaries({}, optional={
 
 
 @HOSTILE
+@with_extremes("body")
 @given(body=st.one_of(file_bytes, chat_bodies))
 def test_teacher_answers_any_body(body, teacher):
     server, errors = teacher
@@ -446,11 +464,3 @@ def test_teacher_answers_any_body(body, teacher):
     assert status == 200 or (400 <= status < 500 and isinstance(answer.get("error"), dict)
                              and answer["error"].get("message")), (status, answer)
     assert not errors, errors
-
-
-def test_zz_count(capsys):
-    """Prints how many generated cases this file tried (read by the closing note); runs last."""
-    with capsys.disabled():
-        print("\nhostile cases tried: " + ", ".join(f"{name}={count}" for name, count in sorted(TRIED.items()))
-              + f"; total={sum(TRIED.values())}")
-    assert TRIED or pytest.skip("run with the rest of this file to count")

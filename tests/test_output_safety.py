@@ -302,3 +302,34 @@ def test_separate_outputs_pass(tmp_path):
     refuse_foreign_folder(tmp_path / "absent", "--dest", None, "ours")
     (tmp_path / "empty").mkdir()
     refuse_foreign_folder(tmp_path / "empty", "--dest", None, "ours")
+
+
+def test_prepare_never_deletes_a_users_file_in_a_track_folder(tmp_path, capsys):
+    """`prepare` replaces the track folders whole: one holding a file it did not write is refused,
+    and so is a dataset.json it did not write."""
+    out = tmp_path / "data"
+    (out / "structured").mkdir(parents=True)
+    (out / "structured" / "thesis.txt").write_text("mine")
+    argv = ["prepare", "--source", "xlam", "--dataset-path", str(FIXTURE), "--train", "4", "--val", "2",
+            "--test", "2", "--out-dir", str(out)]
+    assert main(argv) == 2
+    assert "holds files and is not a dataset folder slm-swap wrote" in capsys.readouterr().err
+    assert (out / "structured" / "thesis.txt").read_text() == "mine"
+    (out / "structured" / "thesis.txt").unlink()
+    assert main(argv) == 0  # ours now: a second prepare replaces it, keeping what the manifest lists
+    assert main(argv) == 0
+    (out / "toolcall" / "notes.md").write_text("mine too")
+    assert main(argv) == 2 and (out / "toolcall" / "notes.md").exists()
+    (out / "toolcall" / "notes.md").unlink()
+    (out / "dataset.json").write_text('{"mine": true}')
+    assert main(argv) == 2 and json.loads((out / "dataset.json").read_text()) == {"mine": True}
+
+
+def test_eval_refuses_an_out_inside_its_adapter_or_model_folder(xlam_data_dir, tiny_adapter_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, adapter)
+    before = (adapter / "adapter_config.json").read_bytes()
+    assert main(["eval", "--track", "toolcall", "--model-kind", "slm", "--data-dir", str(xlam_data_dir),
+                 "--adapter", str(adapter), "--out", str(adapter / "adapter_config.json")]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert (adapter / "adapter_config.json").read_bytes() == before

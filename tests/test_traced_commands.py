@@ -241,3 +241,23 @@ def test_a_hanging_langfuse_costs_an_eval_at_most_the_bound(env, xlam_data_dir, 
     lines = [line for line in capsys.readouterr().err.splitlines() if "not delivered" in line]
     assert len(lines) == 1 and "did not finish within 10s" in lines[0]
     assert elapsed["hanging"] - elapsed["healthy"] < 11  # the flush bound, and the 1 s exit bound as slack
+
+
+HOSTILE_ANSWERS = ['<tool_call name="f">{"a": "\\ud800"}</tool_call>', "\ud800 lone", "[" * 100_000, "1" * 5_000,
+                   '{"n": ' + "9" * 5_000 + "}"]
+
+
+def test_hostile_answers_are_scored_and_traced(env, xlam_data_dir, tmp_path, capsys):
+    """Answers a reader cannot take (a lone surrogate, deep nesting, a 5,000-digit number) are scored
+    invalid, written, and delivered to Langfuse like any other: nothing is left undelivered."""
+    answers = iter(HOSTILE_ANSWERS * 2)
+    with LangfuseReceiver() as receiver, OpenAIStub(lambda messages: next(answers)) as stub:
+        env(receiver, stub)
+        assert main(eval_cmd(xlam_data_dir, tmp_path / "a.json")) == 0
+        metrics = json.loads((tmp_path / "a.json").read_text())
+        assert receiver.wait_until(lambda r: any(s["trace_id"] == metrics["langfuse_trace_id"] for s in r.spans))
+    err = capsys.readouterr().err
+    assert "not delivered" not in err and "Traceback" not in err
+    assert metrics["n"] == 4 and metrics["errors"] == 0 and metrics["valid_call_rate"] == 0.0
+    records = [json.loads(line) for line in (tmp_path / "a.records.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in records][:2] == ['<tool_call name="f">{"a": "\\ud800"}</tool_call>', "\ufffd lone"]

@@ -32,7 +32,7 @@ from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
                                    FinetuneRequest, InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
 from slm_swap.core.prompts import TRACKS
-from slm_swap.infra.config import load_settings
+from slm_swap.infra.config import MIN_SECRET_CHARS, load_settings
 from slm_swap.infra.errors import SlmSwapError
 
 
@@ -73,17 +73,19 @@ def cmd_eval(request: EvalRequest) -> int:
 def cmd_infer(request: InferRequest) -> int:
     from slm_swap.core.prompts import build_messages, build_prompt
     from slm_swap.infra.fileio import read_json
-    from slm_swap.infra.recordable import text
+    from slm_swap.infra.recordable import recordable
     from slm_swap.llm.clients import build_client
 
     functions = read_json(Path(request.functions), "functions file") if request.functions else []
     if not isinstance(functions, list) or not all(isinstance(fn, dict) for fn in functions):
         raise SlmSwapError(f"{request.functions}: expected a JSON list of function signatures (objects)")
-    client = build_client(request.model_kind, load_settings(), adapter=request.adapter, load_in_4bit=request.load_in_4bit)
+    settings = load_settings()
+    client = build_client(request.model_kind, settings, adapter=request.adapter, load_in_4bit=request.load_in_4bit)
     completion = next(iter(client.complete([build_messages(build_prompt(request.track, request.text, functions))])))
     if completion.error:
         raise SlmSwapError(f"request failed: {completion.error}")
-    print(text(completion.text))  # a lone surrogate in the answer would stop print(): shown as U+FFFD
+    # Without secrets (a server may echo the key), and a lone surrogate, which would stop print(), as U+FFFD.
+    print(recordable(completion.text, settings.scrub))
     return 0
 
 
@@ -284,8 +286,12 @@ COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pip
 
 
 def _log_settings() -> None:
-    view = {k: v for k, v in load_settings().public_view().items() if v not in (None, "unset", False)}
+    settings = load_settings()
+    view = {k: v for k, v in settings.public_view().items() if v not in (None, "unset", False)}
     print("settings: " + json.dumps(view, sort_keys=True), file=sys.stderr)
+    for name in settings.short_secrets():
+        print(f"warning: {name} is shorter than {MIN_SECRET_CHARS} characters: logs, records and traces redact it "
+              "wherever it stands as a word (a longer key avoids redacting ordinary text)", file=sys.stderr)
 
 
 def _scrubbed(text: str) -> str:

@@ -46,13 +46,13 @@ def check_distill_config(settings: Settings, config: DistillConfig) -> None:
     load_tools_factory(config.tools)
     if config.dataset_path and not Path(config.dataset_path).is_file():
         raise SlmSwapError(f"--dataset-path {config.dataset_path}: no such file")
-    check_writable_file(config.trajectories, "--trajectories-dir")
+    check_writable_file(config.trajectories, "--trajectories-dir", leave_nothing=True)
     # The files each step writes against what it reads, now rather than at that step.
     check_capture_paths(config.trajectories, config.dataset_path)
     check_filter_paths(config.trajectories, Path(config.trajectories_dir))
     check_build_paths(accepted_path(Path(config.trajectories_dir)), config.data_dir)
-    check_writable_dir(config.data_dir, "--data-dir")
-    check_writable_dir(config.eval_dir, "--out-dir")
+    check_writable_dir(config.data_dir, "--data-dir", leave_nothing=True)
+    check_writable_dir(config.eval_dir, "--out-dir", leave_nothing=True)
     if config.finetune != "never":  # the rows are build's, made later in the run
         check_training_plan(settings, training_plan(pipeline_config(config), "agent"), rows=False, out_flag="--ft-dir")
 

@@ -81,7 +81,7 @@ def check_training_plan(settings: Settings, plan: TrainingPlan, *, rows: bool = 
     if (out / "adapter_config.json").exists() and not (plan.options.overwrite or plan.options.resume):
         raise SlmSwapError(f"{out_flag} {out} already holds an adapter: pass --overwrite to replace it")
     # The adapter is staged beside its folder and renamed into place; checkpoints go to <out>.checkpoints/.
-    check_writable_dir(out.parent, out_flag, shown=out)
+    check_writable_dir(out.parent, out_flag, shown=out, leave_nothing=True)
     if rows:
         for path in (plan.train_path, plan.val_path):  # bad rows: one line naming the row
             load_training_rows(Path(path), plan.track)

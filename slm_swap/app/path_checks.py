@@ -25,11 +25,11 @@ from slm_swap.trajectories.filter import accepted_path
 
 
 
-def check_eval_paths(request: EvalRequest, out: Path) -> None:
+def check_eval_paths(request: EvalRequest, out: Path, model_path: Path | None = None) -> None:
     """`eval`: neither the metrics file nor the records and run files written beside it (row evals
     and agent evals name them alike, `<out>.records.jsonl`, `<out>.run.json`, `<out>.records.run.json`)
-    may be the split, its answers, the dataset manifest or the adapter, nor take a dataset file's name
-    inside the data folder."""
+    may be the split, its answers, the dataset manifest, the adapter or the SLM's checkpoint
+    (`model_path`), nor lie inside either folder or take a dataset file's name inside the data folder."""
     data_dir = request.rows_dir()
     split_file = get_track(request.track).split_file(data_dir, request.split)
     records = records_path_for(Path(out))
@@ -40,6 +40,8 @@ def check_eval_paths(request: EvalRequest, out: Path) -> None:
               ("--data-dir", data_dir / "dataset.json")]
     if request.adapter:
         inputs.append(("--adapter", Path(request.adapter)))
+    if model_path is not None and request.model_kind == "slm":
+        inputs.append(("SLM_MODEL_PATH", Path(model_path)))
     refuse_overwriting_inputs(outputs, inputs, [("--data-dir", data_dir)])
 
 

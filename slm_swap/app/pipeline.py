@@ -100,8 +100,8 @@ def check_pipeline_config(settings: Settings, config: PipelineConfig) -> None:
     else:
         if config.data.dataset_path and not Path(config.data.dataset_path).is_file():
             raise SlmSwapError(f"--dataset-path {config.data.dataset_path}: no such file")
-        check_writable_dir(config.data_dir, "--data-dir")
-    check_writable_dir(config.eval_dir, "--out-dir")
+        check_writable_dir(config.data_dir, "--data-dir", leave_nothing=True)
+    check_writable_dir(config.eval_dir, "--out-dir", leave_nothing=True)
     if config.finetune != "never":
         for track in config.tracks:  # rows a `prepare` of this run makes are checked when it has made them
             check_training_plan(settings, training_plan(config, track), rows=prepared, out_flag="--ft-dir")

@@ -95,7 +95,8 @@ def traced_eval(settings: Settings, request: EvalRequest, *, out: Path, progress
     """One eval in one trace, as a Langfuse experiment over the split; returns the metrics document
     (with `langfuse_trace_id`). Inputs are checked before the model is loaded or a request sent; the
     model is closed after. The agent track runs the model as the CodeAct agent over the split's tasks."""
-    check_eval_paths(request, Path(out))  # before anything is loaded, and before `run_eval` deletes an old --out
+    # Before anything is loaded, and before `run_eval` deletes an old --out.
+    check_eval_paths(request, Path(out), settings.slm_model_path)
     prepare = _prepare_agent_eval if get_track(request.track).runs_as_agent else _prepare_row_eval
     command = TracedCommand(settings, "eval", flow_run_id=flow_run_id)
     evaluation = prepare(settings, request, Path(out), progress)
@@ -147,7 +148,8 @@ def _prepare_row_eval(settings: Settings, request: EvalRequest, out: Path, progr
     def evaluate(run: Run) -> dict[str, Any]:
         return run_eval(track=request.track, split=request.split, data_dir=request.rows_dir(), out=out, client=client,
                         adapter=request.adapter, limit=request.limit, resume=request.resume,
-                        max_errors=request.max_errors, progress=progress, trace=run, split_data=split_data)
+                        max_errors=request.max_errors, progress=progress, trace=run, split_data=split_data,
+                        scrub=settings.scrub)
 
     return PreparedEval(trace_input, rows_path, None, evaluate, client.close)
 

@@ -21,8 +21,10 @@ from typing import Any
 
 from slm_swap.core.prompts import TRACKS
 from slm_swap.data.examples import Example, build_row
+from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import atomic_write_text, check_writable_dir, jsonl_text, sha256_file, write_json
+from slm_swap.infra.output_safety import is_dataset_file_name, refuse_foreign_folder
 
 SPLITS = ("train", "val", "test")
 
@@ -75,6 +77,8 @@ def write_dataset(
     in with them; `extra_manifest` adds keys to `dataset.json`."""
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--out-dir")
+    folders = sorted({*TRACKS, *(Path(p).parts[0] for p in extra_files or {})})
+    refuse_foreign_dataset(out_dir, folders)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
@@ -101,11 +105,33 @@ def write_dataset(
             "sha256": files,
             **(extra_manifest or {}),
         }
-        _swap_in(staging, out_dir, sorted({*TRACKS, *(Path(p).parts[0] for p in extra_files or {})}))
+        _swap_in(staging, out_dir, folders)
         write_json(out_dir / "dataset.json", manifest)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def refuse_foreign_dataset(out_dir: Path, folders: list[str]) -> None:
+    """The track folders about to be replaced, and `dataset.json`, must be ones this product wrote (as
+    the `dataset.json` there lists them) or absent: a user's file in them is never deleted."""
+    manifest_path = out_dir / "dataset.json"
+    manifest = None
+    if manifest_path.exists():
+        try:
+            manifest = json_input.loads(manifest_path.read_bytes())
+        except (OSError, json_input.JsonInputError):
+            pass
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("sha256"), dict) and "source" in manifest):
+            raise SlmSwapError(f"--out-dir {out_dir}: {manifest_path} is not a dataset manifest slm-swap wrote; it is "
+                               "never replaced: choose another folder or move it yourself")
+    for folder in folders:
+        listed = None
+        if manifest is not None:  # what we wrote there: the listed files, and the answers/tasks beside the splits
+            listed = {Path(name).name for name in manifest["sha256"] if Path(name).parts[0] == folder}
+            listed |= {entry.name for entry in (out_dir / folder).glob("*") if is_dataset_file_name(entry.name)}
+        refuse_foreign_folder(out_dir / folder, "--out-dir", listed, f"a dataset folder slm-swap wrote (listed in "
+                              f"{manifest_path.name})", override=None)
 
 
 def _swap_in(staging: Path, out_dir: Path, folders: list[str]) -> None:

@@ -13,6 +13,7 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol, Iterator
 
 from slm_swap.data.examples import load_rows
@@ -129,10 +130,12 @@ def run_eval(
     progress: Progress = "bar",
     trace: Run = NullRun(),
     split_data: tuple[Path, list[dict], list[dict] | None] | None = None,
+    scrub: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate, write records and the metrics file, and record it all on `trace` (one
     observation per example, the rates as scores). `split_data` is `check_eval_inputs`'s result
-    when the caller already checked the inputs (before loading the model)."""
+    when the caller already checked the inputs (before loading the model); `scrub` (`Settings.scrub`)
+    takes the configured secrets out of what is recorded and traced, never out of what is scored."""
     rows_path, rows, answers = split_data or check_eval_inputs(
         track=track, split=split, data_dir=data_dir, out=out, limit=limit, max_errors=max_errors)
     out = Path(out)
@@ -175,14 +178,14 @@ def run_eval(
                 index = pending[completion.index]
                 # The row, its line of the answers file (BFCL) and the model's output: what the track scores.
                 answered = {**rows[index], **(answers[index] if answers else {}), "output": completion.text}
-                # Scored as the model sent it; recorded and traced writable (`recordable`: lone surrogates).
+                # Scored as the model sent it; recorded and traced writable and without secrets (`recordable`).
                 record = recordable({
                     "index": index,
                     "output": completion.text,
                     "error": completion.error,
                     "latency_s": round(completion.latency_s, 4),
                     **row_track.score(answered),
-                })
+                }, scrub)
                 with naming_path(records_path):  # a full disk: one line naming the file
                     log.write(json.dumps(record, ensure_ascii=False) + "\n")
                     log.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,12 @@ class Settings(BaseSettings):
         found = {secret for _, value in self if isinstance(value, SecretStr) and (secret := value.get_secret_value())}
         return sorted(found, key=len, reverse=True)
 
+    def short_secrets(self) -> list[str]:
+        """The environment names of secrets shorter than MIN_SECRET_CHARS: scrubbed only where they
+        stand as a word, so records redact that word wherever it appears (say so at start)."""
+        return [name.upper() for name, value in self
+                if isinstance(value, SecretStr) and 0 < len(value.get_secret_value()) < MIN_SECRET_CHARS]
+
     def scrub(self, text: str) -> str:
         """`text` with every secret value replaced by [redacted]: for any text a server, library or
         exception produced (an endpoint that echoes the API key in its error message)."""
@@ -120,7 +127,7 @@ def _settings_error(error: Any) -> str:
     name = str(error["loc"][0]) if error.get("loc") else "settings"
     field = Settings.model_fields.get(name)
     variable = str(field.validation_alias) if field and isinstance(field.validation_alias, str) else name.upper()
-    secret = field is not None and "SecretStr" in repr(field.annotation)
+    secret = field is not None and SecretStr in (field.annotation, *typing.get_args(field.annotation))
     shown = "" if secret else f"={error.get('input')!r}"  # a secret's value is never echoed
     if error.get("type", "").startswith("bool"):
         return f"{variable}{shown}: not a boolean; expected {BOOLEAN_VALUES}"

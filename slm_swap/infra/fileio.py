@@ -117,25 +117,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_writable_file(path: Path, what: str) -> None:
+def check_writable_file(path: Path, what: str, *, leave_nothing: bool = False) -> None:
     """Refuse, before any work is done, an output file that cannot be written: a folder, a path
     under a file, or a folder that takes no new file (read-only, full). Probed by writing, since
-    permission bits say nothing for root or read-only mounts."""
+    permission bits say nothing for root or read-only mounts. `leave_nothing`: see `check_writable_dir`."""
     path = Path(path)
     if path.is_dir():
         raise SlmSwapError(f"{what} {path}: is a folder, not a file")
-    check_writable_dir(path.parent, what, shown=path)
+    check_writable_dir(path.parent, what, shown=path, leave_nothing=leave_nothing)
 
 
-def check_writable_dir(folder: Path, what: str, shown: Path | None = None) -> None:
-    """Check a file can be written in `folder` (see `check_writable_file`). Folders it had to create
-    for the probe are removed again: a command refused later leaves nothing behind, and the writer
-    creates what it writes in."""
+def check_writable_dir(folder: Path, what: str, shown: Path | None = None, *, leave_nothing: bool = False) -> None:
+    """Create `folder` if needed and check a file can be written in it (see `check_writable_file`).
+    `leave_nothing`: remove again the folders created for the probe, for checks made long before
+    the write (a flow's up-front checks), so that a run refused later leaves nothing behind. Not for
+    a check just before writing: a folder removed there could vanish under a parallel writer."""
     folder, shown = Path(folder), shown or Path(folder)
     blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise SlmSwapError(f"{what} {shown}: {blocking} is a file, not a folder")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    created = [p for p in (folder, *folder.parents) if not p.exists()] if leave_nothing else []
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)

@@ -68,17 +68,23 @@ def refuse_overwriting_inputs(outputs: Iterable[FlaggedPath], inputs: Iterable[F
             if _inside(source, out):
                 raise SlmSwapError(f"{out_flag} {out}: holds the input {source} ({in_flag}), and would be replaced "
                                    "whole: choose another path")
+            if Path(source).is_dir() and _inside(out, source):  # an adapter's or a model's folder
+                raise SlmSwapError(f"{out_flag} {out}: lies inside the input folder {source} ({in_flag}); writing "
+                                   "there could destroy the input: choose another path")
         for data_flag, folder in dataset_dirs:
             if folder is not None and is_dataset_file_name(Path(out).name) and _inside(out, folder):
                 raise SlmSwapError(f"{out_flag} {out}: would write a dataset file ({Path(out).name}) inside the "
                                    f"dataset {folder} ({data_flag}) it reads: choose another path")
 
 
-def refuse_foreign_folder(folder: Path, flag: str, written: Collection[str] | None, whose: str) -> None:
+def refuse_foreign_folder(folder: Path, flag: str, written: Collection[str] | None, whose: str,
+                          override: str | None = "--force") -> None:
     """Refuse to replace `folder` unless it is absent, empty, or holds only the names in `written`:
     what the product recorded writing there (None: no record, so not ours). `whose` says what record
     makes a folder ours (e.g. "a slm-swap model folder (slm_swap_model.json)"). The refusal holds
-    whatever `--force` or `--overwrite` says: those replace the product's own folder, nothing else."""
+    whatever the command's `override` flag (`--force`, `--overwrite`) says: it replaces the product's
+    own folder, nothing else."""
+    whatever = f", {override} or not" if override else ""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
@@ -88,10 +94,10 @@ def refuse_foreign_folder(folder: Path, flag: str, written: Collection[str] | No
     if not entries:
         return
     if written is None:
-        raise SlmSwapError(f"{flag} {folder}: holds files and is not {whose}; it is never replaced, --force or not: "
+        raise SlmSwapError(f"{flag} {folder}: holds files and is not {whose}; it is never replaced{whatever}: "
                            "choose another folder or move its files yourself")
     foreign = [name for name in entries if name not in written]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise SlmSwapError(f"{flag} {folder}: holds {shown}, which slm-swap did not write; it is never replaced, "
-                           "--force or not: choose another folder or move those files yourself")
+        raise SlmSwapError(f"{flag} {folder}: holds {shown}, which slm-swap did not write; it is never replaced{whatever}: "
+                           "choose another folder or move those files yourself")

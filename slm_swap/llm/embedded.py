@@ -202,7 +202,7 @@ def fetch_embedded_model(
         return dest
     # Both before the conversion (40 s): a folder that is not ours, or one nothing can be written in.
     refuse_foreign_dir(dest, force)
-    check_writable_dir(dest.parent, "--dest", shown=dest)
+    check_writable_dir(dest.parent, "--dest", shown=dest, leave_nothing=True)
 
     gguf = locate_embedded_gguf()
     sha256 = sha256_file(gguf)

@@ -7,9 +7,10 @@ Any OpenAI-compatible server: HOSTED_BASE_URL, HOSTED_MODEL, HOSTED_API_KEY.
 Temperature 0. Requests run on a bounded number of threads. Retries are the SDK's own: 408/409/429/5xx
 and connection errors, exponential backoff with jitter, honouring `Retry-After`/`retry-after-ms`.
 A request that still fails comes back as a `Completion` with `error` set; the caller decides
-what an error budget is. Error texts and outputs are scrubbed of every configured secret before
-they leave this client, so a server that echoes the API key back cannot put it in records, logs or
-Prefect's database.
+what an error budget is. Error texts are scrubbed of every configured secret before they leave
+this client, so a server that echoes the API key back cannot put it in records, logs or Prefect's
+database. Answers come back raw, to be scored exactly as the model sent them; whatever records,
+traces or prints one scrubs it (`slm_swap.infra.recordable`, with `HostedClient.scrub`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class HostedClient:
             text, usage = response.choices[0].message.content or "", response.usage
             # The model that answered (Azure names the model, not the deployment) and its token
             # counts: Langfuse prices the generation from them.
-            return Completion(index, self.scrub(text), None, time.perf_counter() - started, response.model or self.model,
+            # The raw text: scored as the model sent it; whoever records or prints it scrubs it (`recordable`).
+            return Completion(index, text, None, time.perf_counter() - started, response.model or self.model,
                               usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None)
         except openai.OpenAIError as exc:
             return Completion(index, None, self.scrub(describe_api_error(exc)), time.perf_counter() - started)

@@ -94,9 +94,12 @@ def run_training(command: list[str], *, env: dict[str, str] | None = None, echo:
     try:
         for segment in _segments(process.stdout if merge_stdout else process.stderr):  # type: ignore[arg-type]
             text = segment.decode(errors="replace")
-            if child_error is None and text.startswith(CHILD_ERROR_PREFIX):
-                child_error = text.removeprefix(CHILD_ERROR_PREFIX).strip()
-            if child_error is None:
+            # Anywhere in the segment: after a progress bar's last redraw ("\r 40%|...|"), the
+            # child's line continues the bar's segment.
+            at = text.find(CHILD_ERROR_PREFIX) if child_error is None else -1
+            if at >= 0:
+                text, child_error = text[:at], text[at + len(CHILD_ERROR_PREFIX):].strip()
+            if child_error is None or at > 0:
                 echo(text)
         returncode = process.wait()
     finally:

@@ -30,7 +30,8 @@ def refuse_foreign_adapter_folder(out: Path, flag: str = "--out") -> None:
     """Training replaces `out` whole: refuse unless it is absent, empty, or an adapter this product
     trained (its manifest there) holding nothing else, whatever --overwrite says."""
     ours = Path(out).is_dir() and (Path(out) / MANIFEST).is_file()
-    refuse_foreign_folder(Path(out), flag, ADAPTER_FILES if ours else None, f"an adapter slm-swap trained (no {MANIFEST})")
+    refuse_foreign_folder(Path(out), flag, ADAPTER_FILES if ours else None, f"an adapter slm-swap trained (no {MANIFEST})",
+                          override="--overwrite")
 
 
 def requested_settings(*, backend: str, precision: str, sampling: str, max_steps: int, resume: bool,

@@ -75,16 +75,6 @@ def can_resume(out: Path, pin: dict[str, Any]) -> bool:
         return False
 
 
-def scrub_value(value: Any, scrub: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, list):
-        return [scrub_value(item, scrub) for item in value]
-    if isinstance(value, dict):
-        return {key: scrub_value(item, scrub) for key, item in value.items()}
-    return value
-
-
 def generation_error(exc: BaseException) -> str:
     """A short line for a request the teacher did not answer (scrubbed by the caller)."""
     import openai
@@ -170,7 +160,7 @@ def capture(
                           final_answer=run.final_answer, tool_calls=run.tool_calls, error=None)
         record["latency_s"] = round(time.perf_counter() - begun, 4)
         # The model's text may hold lone surrogates (`recordable`): written and traced as U+FFFD.
-        return recordable(scrub_value(record, model.scrub))
+        return recordable(record)
 
     bar = progress_meter(progress, f"{'capture' if on_record is None else 'agent eval'} {model.identity}",
                          len(examples), len(done))
@@ -178,8 +168,9 @@ def capture(
         results = in_threads(pending, one, concurrency, "capture")
         try:
             for record in results:
-                if on_record is not None:
+                if on_record is not None:  # scored as the model sent it (the agent eval)
                     record = on_record(record)
+                record = recordable(record, model.scrub)  # written and traced without secrets
                 with naming_path(out):  # a full disk: one line naming the file
                     log.write(json.dumps(record, ensure_ascii=False) + "\n")
                     log.flush()
