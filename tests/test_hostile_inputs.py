@@ -310,7 +310,7 @@ def test_build_accepted_file(content, scratch):
 def test_train_rows_file(data, split, xlam_data_dir, scratch, monkeypatch):
     """Refused before accelerate starts; a file that happens to be usable is not trained on here."""
     launched = []
-    monkeypatch.setattr("subprocess.run", lambda command, *a, **k: launched.append(command))
+    monkeypatch.setattr("slm_swap.app.finetune_step.launch_training", lambda plan, *a, **k: launched.append(plan))
     root = scratch()
     rows = root / f"{split}.jsonl"
     rows.write_text(data.draw(jsonl_with_a_bad_line((xlam_data_dir / "toolcall" / f"{split}.jsonl").read_text().splitlines())))
