@@ -109,7 +109,7 @@ def test_every_role_openai_defines_is_answered(client, messages):
 def test_a_developer_message_is_the_system_prompt_for_the_template(client):
     """OpenAI's developer messages replace system messages: the template renders them as its system
     turn (so its own default system prompt is not added as well)."""
-    from slm_swap.app.chat_request import Message
+    from slm_swap.llm.chat_api import Message
 
     assert Message(role="developer", content="Be brief.").for_template() == {"role": "system", "content": "Be brief."}
 

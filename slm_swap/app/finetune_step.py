@@ -22,6 +22,7 @@ from slm_swap.app.stamps import now_utc, young
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import check_writable_dir, read_json, sha256_file
+from slm_swap.llm.model_folders import require_checkpoint
 from slm_swap.train.hyperparams import hyperparams_for
 from slm_swap.train.launch import launch_command, run_training
 from slm_swap.train.options import TrainOptions
@@ -56,9 +57,7 @@ def training_plan(config: PipelineConfig, track: str) -> TrainingPlan:
 
 def check_local_model(settings: Settings) -> None:
     """SLM_MODEL_PATH holds a checkpoint (what training and the SLM evals load)."""
-    if not (Path(settings.slm_model_path) / "config.json").is_file():
-        raise SlmSwapError(f"SLM_MODEL_PATH {settings.slm_model_path}: no checkpoint there (config.json missing); "
-                           "run `slm-swap models fetch` for the embedded model")
+    require_checkpoint(settings.slm_model_path)
 
 
 def check_training_plan(settings: Settings, plan: TrainingPlan, *, rows: bool = True, out_flag: str = "--out") -> None:

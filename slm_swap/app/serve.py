@@ -37,10 +37,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from pydantic import ValidationError
 
-from slm_swap.app.chat_request import BodyTooLarge, ChatRequest, invalid_request, read_body
+from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.json_input import BODY_MAX_BYTES, JsonInputError
+from slm_swap.llm.chat_api import ChatRequest, invalid_request
 from slm_swap.llm.batching import Job, ModelWorker, cut_at_stop
 from slm_swap.llm.completion import MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
 from slm_swap.llm.local import BASE, LocalModel, check_adapter

@@ -23,6 +23,7 @@ from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_json
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, Completion
 from slm_swap.llm.decoder import greedy_decode
+from slm_swap.llm.model_folders import require_checkpoint
 from slm_swap.llm.quantization import nf4_config, require_bitsandbytes, resolve_quantization
 
 BASE = None  # adapter name meaning "no adapter"
@@ -47,11 +48,7 @@ class LocalModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_path = Path(model_path)
-        if not (model_path / "config.json").is_file():
-            raise SlmSwapError(
-                f"SLM_MODEL_PATH {model_path}: no checkpoint there (config.json missing); "
-                "run `slm-swap models fetch` for the embedded model"
-            )
+        require_checkpoint(model_path)
         cuda = torch.cuda.is_available()
         self.quantization = resolve_quantization(load_in_4bit)
         if self.quantization:

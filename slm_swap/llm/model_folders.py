@@ -79,3 +79,11 @@ def is_marked(path: Path) -> bool:
     """Whether `path` holds a model folder we wrote (for a publish that lost a race to another process:
     its folder is as complete as ours would be)."""
     return read_marker(path) is not None
+
+
+def require_checkpoint(path: Path) -> None:
+    """`SlmSwapError` (one line) unless `path` holds a Hugging Face checkpoint: what the local SLM, its
+    evals and training load (SLM_MODEL_PATH)."""
+    if not (Path(path) / "config.json").is_file():
+        raise SlmSwapError(f"SLM_MODEL_PATH {path}: no checkpoint there (config.json missing); "
+                           "run `slm-swap models fetch` for the embedded model")

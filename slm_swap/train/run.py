@@ -25,6 +25,7 @@ from slm_swap.core.tracks import get_track
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import sha256_file, write_json
 from slm_swap.infra.tracing import NullRun, Run
+from slm_swap.llm.model_folders import require_checkpoint
 from slm_swap.train.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
@@ -87,8 +88,7 @@ def validate(request: TrainRequest) -> None:
         raise SlmSwapError(f"unknown precision {request.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if request.sampling not in SAMPLING:
         raise SlmSwapError(f"unknown sampling {request.sampling!r}: expected one of {', '.join(SAMPLING)}")
-    if not (Path(request.model_path) / "config.json").is_file():
-        raise SlmSwapError(f"base model {request.model_path}: no checkpoint there (config.json missing; set SLM_MODEL_PATH)")
+    require_checkpoint(request.model_path)
     for path in (request.train_path, request.val_path):
         load_training_rows(Path(path), request.track)
     out = Path(request.out_dir)

@@ -37,11 +37,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pydantic import ValidationError
+
 from slm_swap.core.prompts import build_prompt
 from slm_swap.core.tracks import ROW_TRACKS, get_row_track
 from slm_swap.data.examples import Example
 from slm_swap.infra import json_input
 from slm_swap.infra.json_input import BODY_MAX_BYTES
+from slm_swap.llm.chat_api import ChatRequest, invalid_request
 from slm_swap.trajectories.codeact import python_name
 
 BEHAVIOURS = ("correct", "wrong", "broken", "fixed", "endless", "busy", "down")
@@ -118,45 +121,6 @@ def row_answer(example: Example, track: str, behaviour: str) -> str:
     return completion[:-1] if behaviour == "broken" else completion
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content if isinstance(content, str) else ""
-
-
-def _stops(stop: Any) -> list[str]:
-    """OpenAI's `stop`: one string or a list of them."""
-    return [stop] if isinstance(stop, str) else list(stop or [])
-
-
-def request_problem(body: Any) -> str | None:
-    """Why a chat-completions body is not one this server answers (a 400, as OpenAI answers it), or None.
-    Only the fields it reads are checked, with the types OpenAI gives them."""
-    if not isinstance(body, dict):
-        return f"the body must be a JSON object, got {type(body).__name__}"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    for number, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return f"messages[{number}] must be an object with a 'role' (a string)"
-        content = message.get("content")
-        parts_ok = isinstance(content, list) and all(
-            isinstance(part, dict) and isinstance(part.get("text", ""), str) for part in content)
-        if not (content is None or isinstance(content, str) or parts_ok):
-            return f"messages[{number}].content must be a string, null or a list of parts with text strings"
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            return f"'{key}' must be a whole number >= 1"
-    stop = body.get("stop")
-    if not (stop is None or isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        return "'stop' must be a string or a list of strings"
-    if not isinstance(body.get("model", ""), str):
-        return "'model' must be a string"
-    return None
-
-
 class ScriptedTeacher:
     """The server. `behaviours` maps a row id to one of BEHAVIOURS (default `correct`);
     `step_delay_s` is added to every answer (the capture benchmark's 200 ms per step); `model` is
@@ -208,10 +172,10 @@ class ScriptedTeacher:
         self.close()
 
     def answer(self, body: dict[str, Any]) -> tuple[int, str]:
-        """(HTTP status, text) for one chat-completions request body."""
-        self.max_tokens_asked.add(body.get("max_tokens", body.get("max_completion_tokens")))
-        messages = body.get("messages") or []
-        texts = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
+        """(HTTP status, text) for one chat-completions request body (checked: `chat_api.ChatRequest`)."""
+        chat = ChatRequest.model_validate(body)
+        self.max_tokens_asked.add(chat.max_tokens if chat.max_tokens is not None else chat.max_completion_tokens)
+        texts = [(m.role, m.text()) for m in chat.messages]
         task = next((t[len(TASK_PREFIX):] for role, t in texts if role == "user" and t.startswith(TASK_PREFIX)), None)
         example = self.by_task.get(task) if task is not None else None
         row = next((self.by_prompt[t] for role, t in texts if role == "user" and t in self.by_prompt), None)
@@ -230,8 +194,8 @@ class ScriptedTeacher:
         else:
             step = 1 + sum(1 for role, _ in texts if role == "assistant")
             text = codeact_turn(example, behaviour, step)
-        for stop in _stops(body.get("stop")):
-            if stop and stop in text:
+        for stop in chat.stop_sequences():
+            if stop in text:
                 text = text[: text.index(stop)]
         return 200, text
 
@@ -276,8 +240,15 @@ class ScriptedTeacher:
                     return self._refuse(400, f"the body is not JSON this server accepts: {exc}")
                 if not self.path.split("?", 1)[0].endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": "not found", "type": "not_found"}})
-                if problem := request_problem(body):
-                    return self._refuse(400, problem)
+                try:  # the types and roles OpenAI's API gives, as `slm-swap serve` checks them
+                    chat = ChatRequest.model_validate(body)
+                except ValidationError as exc:
+                    where, why = invalid_request(exc)
+                    return self._refuse(400, f"Invalid request: {where}: {why}")
+                if not chat.messages:
+                    return self._refuse(400, "'messages' must not be empty")
+                if any(value is not None and value < 1 for value in (chat.max_tokens, chat.max_completion_tokens)):
+                    return self._refuse(400, "'max_tokens' must be a whole number >= 1")
                 if teacher.step_delay_s:
                     time.sleep(teacher.step_delay_s)
                 status, text = teacher.answer(body)
@@ -286,7 +257,7 @@ class ScriptedTeacher:
                 if status != 200:
                     return self._send(status, {"error": {"message": text, "type": "server_error", "code": status}},
                                       {"Retry-After": "0"} if status == 429 else None)
-                prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [] if isinstance(m, dict))
+                prompt_words = sum(len(m.text().split()) for m in chat.messages)
                 self._send(200, {
                     "id": f"chatcmpl-{teacher.requests}", "object": "chat.completion", "created": int(time.time()),
                     "model": teacher.model,

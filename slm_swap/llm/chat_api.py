@@ -1,6 +1,8 @@
-"""The body of a chat completion request as `slm-swap serve` reads it: at most `BODY_MAX_BYTES`,
-through `infra.json_input` (which refuses deep nesting, lone surrogates, huge numbers, invalid
-UTF-8), then checked against the request OpenAI's chat API defines (`ChatRequest`).
+"""The chat-completions request as OpenAI's API defines it, for the servers that answer one
+(`slm-swap serve`, the scripted teacher): the same types, the same roles, the same 400s.
+
+    chat = ChatRequest.model_validate(body)          # body: from infra.json_input.loads
+    except ValidationError as exc: where, why = invalid_request(exc)   # e.g. ("messages[0].role", ...)
 """
 
 from __future__ import annotations
@@ -8,9 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
-from starlette.requests import Request
-
-from slm_swap.infra.json_input import BODY_MAX_BYTES
 
 # The roles OpenAI's chat API defines (the openai SDK's `ChatCompletionRole`); anything else is a 400.
 Role = Literal["developer", "system", "user", "assistant", "tool", "function"]
@@ -71,21 +70,3 @@ def invalid_request(exc: ValidationError) -> tuple[str, str]:
         elif part in FIELD_NAMES:
             where += f".{part}" if where else part
     return where or "body", problem["msg"]
-
-
-class BodyTooLarge(Exception):
-    """The body passed `BODY_MAX_BYTES` (the server answers 413)."""
-
-
-async def read_body(request: Request) -> bytes:
-    """The body, refused (`BodyTooLarge`) once it passes `BODY_MAX_BYTES`, before all of it is read."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and (len(declared) > 12 or int(declared) > BODY_MAX_BYTES):
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > BODY_MAX_BYTES:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
