@@ -260,4 +260,6 @@ def test_hostile_answers_are_scored_and_traced(env, xlam_data_dir, tmp_path, cap
     assert "not delivered" not in err and "Traceback" not in err
     assert metrics["n"] == 4 and metrics["errors"] == 0 and metrics["valid_call_rate"] == 0.0
     records = [json.loads(line) for line in (tmp_path / "a.records.jsonl").read_text().splitlines()]
-    assert [r["output"] for r in records][:2] == ['<tool_call name="f">{"a": "\\ud800"}</tool_call>', "\ufffd lone"]
+    # The 4 rows were asked concurrently: which row got which answer varies, the 4 answers do not.
+    recorded = [answer.replace("\ud800", "\ufffd") for answer in HOSTILE_ANSWERS[:4]]  # the lone surrogate as U+FFFD
+    assert sorted(r["output"] for r in records) == sorted(recorded)

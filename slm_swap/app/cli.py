@@ -30,7 +30,8 @@ from pydantic import BaseModel
 from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
-                                   FinetuneRequest, InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
+                                   FinetuneRequest, GatewayRequest, InferRequest, PrepareRequest, PromptsExportRequest,
+                                   ServeRequest)
 from slm_swap.core.prompts import TRACKS
 from slm_swap.infra.config import MIN_SECRET_CHARS, load_settings
 from slm_swap.infra.errors import SlmSwapError
@@ -101,6 +102,16 @@ def cmd_serve(request: ServeRequest) -> int:
     serve(request.model_path or settings.slm_model_path, host=request.host, port=request.port, adapters=adapters,
           api_key=api_key, model_name=request.model_name, batch_size=request.batch_size,
           max_new_tokens=request.max_new_tokens, load_in_4bit=request.load_in_4bit, batch_wait_ms=request.batch_wait_ms)
+    return 0
+
+
+def cmd_gateway(request: GatewayRequest) -> int:
+    from slm_swap.app.gateway import parse_slm_models, run_gateway
+
+    settings = load_settings()
+    key = settings.slm_swap_gateway_api_key  # from the environment only: argv is visible to `ps`
+    run_gateway(settings, request.host, request.port, Path(request.records), parse_slm_models(request.slm_model, TRACKS),
+                api_key=key.get_secret_value() if key else None)
     return 0
 
 
@@ -229,6 +240,9 @@ COMMANDS: list[tuple[str, type[BaseModel], Callable[[Any], int], str, str | None
      "metrics of the call it made."),
     ("infer", InferRequest, cmd_infer, "one request with the evaluation's messages; prints the raw text", None),
     ("serve", ServeRequest, cmd_serve, "OpenAI-compatible server for the local SLM and its adapters", None),
+    ("gateway", GatewayRequest, cmd_gateway,
+     "OpenAI-compatible gateway: the SLM answers what it may, checked against the request's tools; else the hosted model",
+     None),
     ("train", FinetuneRequest, cmd_train, "fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train", None),
     ("compare", CompareRequest, cmd_compare, "decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10", None),
     ("capture", CaptureRequest, cmd_capture,
@@ -281,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands whose behaviour depends on the environment: they say at start what they resolved.
-COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "train", "compare", "pipeline", "capture", "filter", "build",
-                              "distill")
+COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "gateway", "train", "compare", "pipeline", "capture", "filter",
+                              "build", "distill")
 
 
 def _log_settings() -> None:

@@ -19,7 +19,7 @@ from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
 from slm_swap.core.tracks import get_track
 from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
-                                   DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
+                                   DEFAULT_GATEWAY_RECORDS, DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
 from slm_swap.train.options import Track, TrainOptions
@@ -146,6 +146,15 @@ class ServeRequest(Request):
                                                        "before it starts; 0: at once")
     max_new_tokens: int = option(MAX_NEW_TOKENS, "default completion length cap")
     load_in_4bit: bool | None = load_in_4bit_option()
+
+
+class GatewayRequest(Request):
+    host: str = option("127.0.0.1", "loopback only by default")
+    port: int = option(8100, "")
+    records: Path = option(DEFAULT_GATEWAY_RECORDS, "append one JSON line per request here")
+    slm_model: list[str] = option([], "the SLM engine's model for a track (default: the track's name, as "
+                                      "`slm-swap serve --adapters-dir` names adapters; repeatable)",
+                                  repeat=True, metavar="TRACK=NAME")
 
 
 class FinetuneRequest(TrainOptions):

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import hmac
 import re
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -32,11 +29,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from jinja2 import TemplateError
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 from pydantic import ValidationError
 
+from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error as _error
 from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.infra import json_input
 from slm_swap.infra.errors import SlmSwapError
@@ -70,32 +66,6 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
             raise SlmSwapError(f"--adapter {spec!r}: the name {name!r} is given twice")
         adapters[check_adapter_name(name)] = Path(path)
     return adapters
-
-
-def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": code}})
-
-
-class RequireApiKey:
-    """Answers 401 to a request without the key (`Authorization: Bearer KEY`, or Azure's `api-key`).
-    Plain ASGI, not `@app.middleware("http")`: starlette's BaseHTTPMiddleware wraps `receive` so that
-    `request.is_disconnected()` never sees a client leave (starlette discussion #2094), and the
-    server would decode to the end for clients long gone."""
-
-    def __init__(self, app: ASGIApp, api_key: str):
-        self.app = app
-        self.api_key = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            bearer = headers.get("authorization", "")
-            given = bearer[7:] if bearer.lower().startswith("bearer ") else headers.get("api-key", "")
-            if not hmac.compare_digest(given.encode(), self.api_key):
-                response = _error(401, "Invalid or missing API key.", "invalid_request_error", "invalid_api_key")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def max_token_chars(tokenizer) -> int:
@@ -246,10 +216,6 @@ def create_app(
     return app
 
 
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
     """`<dir>/adapter_<track>/` folders holding a PEFT adapter, served under the name `<track>`."""
     adapters_dir = Path(adapters_dir)
@@ -264,34 +230,6 @@ def discover_adapters(adapters_dir: Path) -> dict[str, Path]:
         print(f"warning: --adapters-dir {adapters_dir}: no adapter_<track>/ folder with an adapter_config.json; "
               "serving the base model only")
     return found
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port and listening, or one line saying why not. Bound before the model
-    loads, so a port in use is refused at once, and handed to uvicorn, so nothing can take the port
-    in between. Port 0: any free port (the socket says which)."""
-    if not 0 <= port <= 65535:
-        raise SlmSwapError(f"--port {port}: not a TCP port (0-65535)")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn reads --host
-    try:
-        address = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0][4]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise SlmSwapError(f"--host {host}: cannot be resolved ({exc})") from None
-    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
-        sock.bind(address)
-        sock.listen(2048)  # uvicorn's default backlog; listening now keeps any other server off the port
-    except OSError as exc:
-        sock.close()
-        reasons = {
-            errno.EADDRINUSE: "already in use (another server?): choose another --port",
-            errno.EACCES: "permission denied (ports below 1024 need privileges)",
-            errno.EADDRNOTAVAIL: "not an address of this machine",
-        }
-        raise SlmSwapError(f"cannot listen on {where}: {reasons.get(exc.errno, exc.strerror or exc)}") from None
-    return sock
 
 
 def serve(

@@ -50,6 +50,7 @@ DEFAULT_TRAJECTORIES_DIR = PACKAGE_DIR / "03_trajectories"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
 EMBEDDED_MODEL_DIR = PACKAGE_DIR / "models" / EMBEDDED_MODEL_NAME
 DEFAULT_DISTILL_DIR = DEFAULT_DATA_DIR / "distill"  # `build`'s splits from accepted trajectories
+DEFAULT_GATEWAY_RECORDS = PACKAGE_DIR / "06_gateway" / "requests.jsonl"  # `gateway`: one line per request
 
 
 class Settings(BaseSettings):
@@ -74,6 +75,15 @@ class Settings(BaseSettings):
     slm_swap_serve_api_key: SecretStr | None = Field(
         None,
         description="Key `slm-swap serve` requires when --api-key is not given (keeps it out of argv, which `ps` shows).",
+    )
+    slm_base_url: str | None = Field(
+        None,
+        description="`slm-swap gateway`: the SLM as an OpenAI-compatible engine (`slm-swap serve`, vLLM with LoRA "
+        "modules), e.g. http://127.0.0.1:8000/v1; the adapter is chosen by model name per track.",
+    )
+    slm_api_key: SecretStr | None = Field(None, description="API key for SLM_BASE_URL (if it needs one).")
+    slm_swap_gateway_api_key: SecretStr | None = Field(
+        None, description="Key `slm-swap gateway` requires of its clients (Authorization: Bearer, or Azure's api-key)."
     )
     slm_model_path: Path = Field(
         EMBEDDED_MODEL_DIR, description="Local SLM checkpoint (Hugging Face format). Default: the embedded SmolLM2-135M-Instruct."

@@ -1,0 +1,291 @@
+"""`slm-swap gateway`: an OpenAI-compatible server an application calls instead of its hosted model.
+
+    slm-swap gateway --port 8100            # hosted settings as `eval`, SLM_BASE_URL: the SLM engine
+    openai.OpenAI(base_url="http://127.0.0.1:8100/v1").chat.completions.create(model=..., tools=[...], ...)
+
+Route mode, per request (the decision is in the `x-slm-swap-route` and `x-slm-swap-reason` headers):
+- not swappable (`gateway_requests.classify`): the hosted model answers the original request (`hosted`);
+- swappable: the SLM engine gets the track's evaluation prompt; its answer is checked against the
+  request's own tools (`core.tool_schema`). Valid: it is served (`slm`). Invalid, or the engine
+  failing: the hosted model answers the original request (`hosted-fallback`).
+The SLM is any OpenAI-compatible engine by URL (`slm-swap serve --adapters-dir`, vLLM with
+`--enable-lora --lora-modules toolcall=DIR`), the adapter chosen by model name per track.
+Not in this slice: the in-process SLM, shadow/hosted modes, the confidence gate, streaming SLM
+answers (a `stream: true` request is passed to the hosted model, reason `streaming_not_yet`), Langfuse.
+Every request appends one JSON line to the records file (see `RecordsFile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import openai
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slm_swap.app.gateway_requests import NotSwappable, Swappable, Usage, classify, slm_messages, text_response, tool_calls_response
+from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error
+from slm_swap.app.request_body import BodyTooLarge, read_body
+from slm_swap.core.tool_schema import check_call, check_structured
+from slm_swap.core.tracks import parse_structured, parse_toolcall
+from slm_swap.infra import json_input
+from slm_swap.infra.config import Settings
+from slm_swap.infra.errors import SlmSwapError
+from slm_swap.infra.json_input import BODY_MAX_BYTES, JsonInputError
+from slm_swap.infra.recordable import recordable
+from slm_swap.llm.chat_api import ChatRequest, invalid_request
+from slm_swap.llm.hosted import HostedClient, check_url, describe_api_error
+
+SLM_DEFAULT_MAX_TOKENS = 256
+_HEADER_MAX_CHARS = 200
+# The hosted model's own refusals of the client's request: the client's error, passed on as such.
+# Anything else (auth, rate limit or 5xx after the retries, no connection) is the upstream failing: 502.
+_CLIENT_ERRORS = (400, 404, 413, 422)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An OpenAI-compatible backend: its SDK client (retries and timeouts are the client's) and model."""
+
+    client: openai.OpenAI
+    model: str
+
+
+@dataclass(frozen=True)
+class SlmEngine:
+    """The SLM engine and the model name that serves each track (an adapter's name on the engine)."""
+
+    client: openai.OpenAI
+    models: Mapping[str, str]
+
+
+class RecordsFile:
+    """One JSON line per request, appended whole under a lock and flushed: a kill leaves at most a
+    torn last line, which readers skip. Opened per line, so the file can be moved away between requests."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as out:
+            out.write(line)
+            out.flush()
+
+
+def answer_problem(decision: Swappable, text: str) -> str | None:
+    """Why the SLM's answer may not be served, or None when it passes the request's own validators.
+    ValueError: the request's schema itself cannot be checked (the caller falls back)."""
+    if decision.track == "structured":
+        return check_structured(parse_structured(text), decision.functions)
+    call = parse_toolcall(text)
+    if call is None:
+        return 'the answer is not exactly one <tool_call name="...">{json object}</tool_call>'
+    name, arguments = call
+    if decision.forced_name is not None and name != decision.forced_name:
+        return f"tool_choice names {decision.forced_name!r}, the answer calls {name!r}"
+    return check_call(name, arguments, decision.functions)
+
+
+def header_text(text: str) -> str:
+    """One short line an HTTP header can carry (latin-1 only: anything else escaped)."""
+    line = " ".join(text.split())[:_HEADER_MAX_CHARS]
+    return line.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scrub: Callable[[str], str],
+                       api_key: str | None = None) -> FastAPI:
+    """The gateway in route mode. `scrub` (a `Settings.scrub`) cleans every error line, header and record;
+    `api_key`: what clients must send (Authorization: Bearer, or Azure's api-key), none when None."""
+    records = RecordsFile(records_path)
+    app = FastAPI(title="slm-swap gateway", docs_url=None, redoc_url=None)
+    created = int(time.time())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _openai_shaped(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405, ...
+        return openai_error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    if api_key:
+        app.add_middleware(RequireApiKey, api_key=api_key)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        names = [hosted.model, *slm.models]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "slm-swap"}
+                                           for name in dict.fromkeys(names)]}
+
+    def hosted_call(body: dict[str, Any], stream: bool = False) -> Any:
+        # The client's own fields go through untouched (extra_body), only the model is the hosted one.
+        rest = {key: value for key, value in body.items() if key not in ("model", "messages", "stream")}
+        return hosted.client.chat.completions.create(model=hosted.model, messages=body["messages"], stream=stream,
+                                                     extra_body=rest)
+
+    def slm_call(decision: Swappable, max_tokens: int) -> Any:
+        return slm.client.chat.completions.create(model=slm.models[decision.track], messages=slm_messages(decision),
+                                                  temperature=0, max_tokens=max_tokens)
+
+    def finish(record: dict[str, Any], started: float, response: Response) -> Response:
+        record["latency_s"] = round(time.perf_counter() - started, 4)
+        record["status"] = response.status_code
+        records.append(recordable(record, scrub))
+        response.headers["x-slm-swap-route"] = record["route"]
+        if record.get("reason"):
+            response.headers["x-slm-swap-reason"] = header_text(scrub(record["reason"]))
+        return response
+
+    async def answer_hosted(body: dict[str, Any], record: dict[str, Any], started: float) -> Response:
+        began = time.perf_counter()
+        try:
+            completion = await asyncio.to_thread(hosted_call, body)
+        except openai.OpenAIError as exc:
+            error = scrub(describe_api_error(exc))
+            record["hosted"] = {"model": hosted.model, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
+            status = getattr(exc, "status_code", None)
+            if status in _CLIENT_ERRORS:
+                return finish(record, started, openai_error(status, f"hosted model: {error}", "invalid_request_error"))
+            return finish(record, started, openai_error(502, f"upstream hosted model {hosted.model!r} failed: {error}",
+                                                        "upstream_error"))
+        answer = completion.model_dump(mode="json", exclude_unset=True)
+        record["hosted"] = {"model": answer.get("model") or hosted.model, "output": answer.get("choices"),
+                            "usage": answer.get("usage"), "latency_s": round(time.perf_counter() - began, 4)}
+        return finish(record, started, JSONResponse(answer))
+
+    def hosted_stream(body: dict[str, Any], record: dict[str, Any], started: float) -> Iterator[str]:
+        """The hosted model's chunks passed on as OpenAI's SSE; recorded when the stream ends."""
+        try:
+            for chunk in hosted_call(body, stream=True):
+                yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+            yield "data: [DONE]\n\n"
+        except openai.OpenAIError as exc:  # the status line is gone: the stream just stops, the record says why
+            record["hosted"] = {"model": hosted.model, "error": scrub(describe_api_error(exc))}
+        finally:
+            record["latency_s"] = round(time.perf_counter() - started, 4)
+            records.append(recordable(record, scrub))
+
+    async def chat(request: Request, deployment: str | None) -> Response:
+        started = time.perf_counter()
+        try:
+            body = json_input.loads(await read_body(request), max_bytes=BODY_MAX_BYTES)
+        except BodyTooLarge:
+            return openai_error(413, f"Request body is larger than {BODY_MAX_BYTES} bytes.", "invalid_request_error")
+        except JsonInputError as exc:
+            return openai_error(400, f"Request body is not valid JSON: {exc}.", "invalid_request_error")
+        if not isinstance(body, dict):
+            return openai_error(400, "Request body must be a JSON object.", "invalid_request_error")
+        try:
+            chat_request = ChatRequest.model_validate(body)
+        except ValidationError as exc:
+            where, why = invalid_request(exc)
+            return openai_error(400, f"Invalid request: {where}: {why}", "invalid_request_error", param=where)
+        if deployment:  # Azure names the model in the path
+            chat_request.model = deployment
+        record: dict[str, Any] = {"id": f"req-{uuid.uuid4().hex}", "time": datetime.now(timezone.utc).isoformat(),
+                                  "requested_model": chat_request.model, "track": None, "not_swappable": None,
+                                  "route": "hosted", "verdict": None, "reason": None, "slm": None, "hosted": None}
+        decision = (NotSwappable("streaming_not_yet", "stream: true; this gateway streams only hosted answers for now")
+                    if chat_request.stream else classify(chat_request, set(slm.models)))
+        if isinstance(decision, NotSwappable):
+            record["not_swappable"] = {"reason": decision.reason, "detail": decision.detail}
+            record["reason"] = decision.reason
+            if chat_request.stream:
+                response = StreamingResponse(hosted_stream(body, record, started), media_type="text/event-stream",
+                                             headers={"x-slm-swap-route": "hosted", "x-slm-swap-reason": decision.reason})
+                return response
+            return await answer_hosted(body, record, started)
+
+        record["track"] = decision.track
+        max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or SLM_DEFAULT_MAX_TOKENS
+        model_name = slm.models[decision.track]
+        began = time.perf_counter()
+        try:
+            completion = await asyncio.to_thread(slm_call, decision, max_tokens)
+        except openai.OpenAIError as exc:  # the engine down, refusing or timing out: the hosted model answers
+            error = scrub(describe_api_error(exc))
+            record["slm"] = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
+            record.update(route="hosted-fallback", verdict="unavailable", reason=f"slm_unavailable: {error}")
+            return await answer_hosted(body, record, started)
+        text = (completion.choices[0].message.content or "") if completion.choices else ""
+        usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage(0, 0)
+        record["slm"] = {"model": model_name, "output": text, "latency_s": round(time.perf_counter() - began, 4),
+                         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}}
+        try:
+            problem = answer_problem(decision, text)
+        except ValueError as exc:  # the request's own schema is unusable: nothing can vouch for the SLM
+            problem = f"the request's tool schema cannot be checked: {exc}"
+        if problem is not None:
+            record.update(route="hosted-fallback", verdict="invalid", reason=f"invalid_answer: {problem}")
+            return await answer_hosted(body, record, started)
+        record.update(route="slm", verdict="valid")
+        model = chat_request.model or model_name
+        if decision.answer_as == "tool_calls":
+            answer = tool_calls_response(text, model=model, usage=usage)
+        else:
+            answer = text_response(text, model=model, usage=usage)
+        return finish(record, started, JSONResponse(answer))
+
+    @app.post("/v1/chat/completions")
+    async def openai_chat(request: Request) -> Response:
+        return await chat(request, None)
+
+    @app.post("/openai/deployments/{deployment}/chat/completions")
+    async def azure_chat(deployment: str, request: Request) -> Response:
+        return await chat(request, deployment)
+
+    return app
+
+
+def run_gateway(settings: Settings, host: str, port: int, records_path: Path, slm_models: Mapping[str, str],
+                api_key: str | None = None, slm_timeout_s: float = 30.0) -> None:
+    """Check the settings and bind the port (one line and no server when either fails), then serve
+    until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts)."""
+    import uvicorn
+
+    if not settings.slm_base_url:
+        raise SlmSwapError("SLM_BASE_URL is not set: the gateway needs the SLM engine's URL, e.g. "
+                           "http://127.0.0.1:8000/v1 (`slm-swap serve --adapters-dir ...`)")
+    slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL")
+    hosted_client = HostedClient(settings)  # refuses at once without hosted settings
+    sock = listening_socket(host, port)
+    try:
+        if not is_loopback(host) and not api_key:
+            print(f"warning: gateway on {host} without SLM_SWAP_GATEWAY_API_KEY: anyone who can reach this port can "
+                  "use the hosted model through it")
+        slm_key = settings.slm_api_key.get_secret_value() if settings.slm_api_key else "unused"
+        # One retry at most: a slow or down engine should hand over to the hosted model quickly.
+        slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
+        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, dict(slm_models)),
+                                 records_path, settings.scrub, api_key=api_key)
+        bound_port = sock.getsockname()[1]
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}, SLM {slm_url} "
+              f"({', '.join(f'{track}={name}' for track, name in slm_models.items())}); records {records_path}", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise SlmSwapError(f"the gateway on {host}:{bound_port} did not start")
+
+
+def parse_slm_models(specs: list[str], tracks: Iterable[str]) -> dict[str, str]:
+    """--slm-model TRACK=NAME over the default: each track served by the engine's model of its own name."""
+    models = {track: track for track in tracks}
+    for spec in specs:
+        track, sep, name = spec.partition("=")
+        if not sep or not name or track not in models:
+            raise SlmSwapError(f"--slm-model {spec!r}: expected TRACK=NAME with TRACK one of {', '.join(models)}")
+        models[track] = name
+    return models
