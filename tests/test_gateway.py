@@ -15,6 +15,7 @@ import openai
 import pytest
 import uvicorn
 from loopback_server import LoopbackServer
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai_stub import OpenAIStub
 
 from slm_swap.app.cli import main
@@ -253,20 +254,84 @@ class StreamingStub(LoopbackServer):
         return Handler
 
 
-def test_a_streaming_request_is_streamed_from_the_hosted_model(tmp_path, examples):
+def stream_tools(gateway: Gateway, example, **extra):
+    """A streamed tool-calling request for the row: its headers and every chunk, read with the SDK."""
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": example.request}], tools=tools_of(example), stream=True,
+        **extra)
+    return raw.headers, list(raw.parse())
+
+
+def test_a_streamed_request_gets_the_slm_call_as_tool_call_chunks(world, examples):
+    gateway, records, hosted, teacher = world
+    headers, chunks = stream_tools(gateway, examples[0], stream_options={"include_usage": True})
+    assert headers["x-slm-swap-route"] == "slm"
+    state = ChatCompletionStreamState()  # the SDK's own accumulator of create(stream=True) chunks
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    choice = state.get_final_completion().choices[0]
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == (examples[0].name, examples[0].arguments)
+    assert call.id.startswith("call_") and choice.finish_reason == "tool_calls"
+    # As a hand-rolled client reads them: the arguments joined from the deltas of the call's index.
+    joined = "".join(delta.function.arguments or "" for chunk in chunks for choice in chunk.choices
+                     for delta in choice.delta.tool_calls or [] if delta.index == 0)
+    assert json.loads(joined) == examples[0].arguments
+    assert chunks[0].choices[0].delta.role == "assistant"
+    usage = chunks[-1].usage  # include_usage: a last chunk with no choices, as OpenAI sends it
+    assert chunks[-1].choices == [] and usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert hosted.requests == [] and teacher.requests == 1  # the SLM was asked once, without streaming
+    [record] = read_records(records)
+    assert (record["route"], record["verdict"]) == ("slm", "valid")
+
+
+def test_without_include_usage_a_streamed_answer_has_no_usage_chunk(world, examples):
+    gateway, _, _, _ = world
+    _, chunks = stream_tools(gateway, examples[0])
+    assert all(chunk.choices and chunk.usage is None for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_the_sdk_stream_helper_reads_a_track_addressed_answer(world, examples):
+    gateway, _, _, _ = world
+    messages = build_messages(build_prompt("structured", examples[0].request, examples[0].functions))
+    with gateway.client().chat.completions.stream(model="structured", messages=messages) as stream:
+        text = "".join(event.delta for event in stream if event.type == "content.delta")
+        final = stream.get_final_completion()
+    assert json.loads(text) == {"name": examples[0].name, "arguments": examples[0].arguments}
+    assert final.choices[0].message.content == text and final.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("row", "reason", "verdict"), [(1, "invalid_answer: ", "invalid"),  # broken answer
+                                                      (2, "slm_unavailable", "unavailable")])  # engine down
+def test_a_streamed_request_the_slm_fails_streams_the_hosted_answer(tmp_path, examples, row, reason, verdict):
+    behaviours = {example.id: behaviour for example, behaviour in zip(examples, SCRIPT)}
+    with StreamingStub() as hosted, ScriptedTeacher(examples, behaviours) as teacher:
+        gateway, records = start(tmp_path, examples, hosted, teacher)
+        try:
+            headers, chunks = stream_tools(gateway, examples[row], stream_options={"include_usage": True})
+        finally:
+            gateway.close()
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks).strip() == HOSTED_TEXT
+    assert headers["x-slm-swap-route"] == "hosted-fallback" and headers["x-slm-swap-reason"].startswith(reason)
+    assert teacher.requests >= 1
+    [record] = read_records(records)
+    assert (record["route"], record["verdict"], record["status"]) == ("hosted-fallback", verdict, 200)
+
+
+def test_a_streamed_request_the_slm_may_not_take_streams_from_the_hosted_model(tmp_path, examples):
     with StreamingStub() as hosted, ScriptedTeacher(examples) as teacher:
         gateway, records = start(tmp_path, examples, hosted, teacher)
         try:
             raw = gateway.client().chat.completions.with_raw_response.create(
-                model="gpt-4o", messages=[{"role": "user", "content": examples[0].request}], tools=tools_of(examples[0]),
-                stream=True)
+                model="gpt-4o", messages=[{"role": "user", "content": examples[0].request}], stream=True)  # no tools
             text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse())
         finally:
             gateway.close()
     assert text.strip() == HOSTED_TEXT
-    assert (raw.headers["x-slm-swap-route"], raw.headers["x-slm-swap-reason"]) == ("hosted", "streaming_not_yet")
+    assert (raw.headers["x-slm-swap-route"], raw.headers["x-slm-swap-reason"]) == ("hosted", "no_tools")
     assert teacher.requests == 0
-    assert read_records(records)[0]["not_swappable"]["reason"] == "streaming_not_yet"
+    assert read_records(records)[0]["not_swappable"]["reason"] == "no_tools"
 
 
 def test_with_a_key_the_gateway_refuses_clients_without_it(tmp_path, examples):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai.types.chat import ChatCompletion
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from slm_swap.app.gateway_requests import (
     REASONS,
@@ -17,6 +18,8 @@ from slm_swap.app.gateway_requests import (
     Swappable,
     Usage,
     classify,
+    completion_chunks,
+    server_sent_events,
     slm_messages,
     text_response,
     tool_calls_response,
@@ -249,3 +252,49 @@ def test_track_addressed_answer_is_plain_text():
     completion = ChatCompletion.model_validate(text_response(text, "structured", Usage(40, 12), finish_reason="length"))
     assert completion.choices[0].message.content == text and completion.choices[0].message.tool_calls is None
     assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 12
+
+
+# --- The same answer streamed -------------------------------------------------------------------
+
+def accumulated(chunks: list[dict[str, Any]]) -> ChatCompletion:
+    """The chunks read back as the SDK's streaming users read them."""
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    return state.get_final_completion()
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_streamed_tool_call_accumulates_to_the_whole_answer(include_usage: bool):
+    text = '<tool_call name="forecast">{"city": "Zürich", "days": 3}</tool_call>'
+    whole = tool_calls_response(text, "gpt-4o", Usage(120, 30))
+    chunks = completion_chunks(whole, include_usage)
+    streamed = accumulated(chunks)
+    [call] = streamed.choices[0].message.tool_calls
+    [expected] = ChatCompletion.model_validate(whole).choices[0].message.tool_calls
+    assert (call.id, call.type, call.function.name, call.function.arguments) == (
+        expected.id, expected.type, expected.function.name, expected.function.arguments)
+    assert streamed.choices[0].finish_reason == "tool_calls" and streamed.choices[0].message.content is None
+    assert {chunk["id"] for chunk in chunks} == {whole["id"]} and streamed.model == "gpt-4o"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[1]["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+    if include_usage:  # OpenAI: usage only in a last chunk without choices
+        assert chunks[-1]["choices"] == [] and streamed.usage.total_tokens == 150
+        assert all(chunk["usage"] is None for chunk in chunks[:-1])
+    else:
+        assert all(chunk["choices"] and "usage" not in chunk for chunk in chunks) and streamed.usage is None
+
+
+def test_streamed_text_answer_accumulates_to_the_text():
+    text = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    streamed = accumulated(completion_chunks(text_response(text, "structured", Usage(40, 12)), include_usage=False))
+    assert streamed.choices[0].message.content == text and streamed.choices[0].finish_reason == "stop"
+    assert not streamed.choices[0].message.tool_calls
+
+
+def test_server_sent_events_are_data_lines_ending_with_done():
+    chunks = completion_chunks(text_response("Grüße\nzwei Zeilen", "m", Usage(1, 1)), include_usage=True)
+    events = server_sent_events(chunks)
+    assert events[-1] == "data: [DONE]\n\n"
+    assert all(event.startswith("data: ") and event.endswith("\n\n") and "\n" not in event[:-2] for event in events)
+    assert [json.loads(event.removeprefix("data: ")) for event in events[:-1]] == chunks

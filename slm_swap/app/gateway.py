@@ -10,8 +10,10 @@ Route mode, per request (the decision is in the `x-slm-swap-route` and `x-slm-sw
   failing: the hosted model answers the original request (`hosted-fallback`).
 The SLM is any OpenAI-compatible engine by URL (`slm-swap serve --adapters-dir`, vLLM with
 `--enable-lora --lora-modules toolcall=DIR`), the adapter chosen by model name per track.
-Not in this slice: the in-process SLM, shadow/hosted modes, the confidence gate, streaming SLM
-answers (a `stream: true` request is passed to the hosted model, reason `streaming_not_yet`), Langfuse.
+`stream: true` routes the same way: the SLM engine is asked without streaming (its answer is validated
+whole before anything is sent), a valid answer goes out as OpenAI's SSE chunks, and hosted answers
+stream through from the hosted model.
+Not in this slice: the in-process SLM, shadow/hosted modes, the confidence gate, Langfuse.
 Every request appends one JSON line to the records file (see `RecordsFile`).
 """
 
@@ -34,7 +36,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slm_swap.app.gateway_requests import NotSwappable, Swappable, Usage, classify, slm_messages, text_response, tool_calls_response
+from slm_swap.app.gateway_requests import (
+    NotSwappable,
+    Swappable,
+    Usage,
+    classify,
+    completion_chunks,
+    server_sent_events,
+    slm_messages,
+    text_response,
+    tool_calls_response,
+)
 from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error
 from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.core.tool_schema import check_call, check_structured
@@ -137,14 +149,24 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         return slm.client.chat.completions.create(model=slm.models[decision.track], messages=slm_messages(decision),
                                                   temperature=0, max_tokens=max_tokens)
 
+    def route_headers(record: dict[str, Any]) -> dict[str, str]:
+        headers = {"x-slm-swap-route": record["route"]}
+        if record.get("reason"):
+            headers["x-slm-swap-reason"] = header_text(scrub(record["reason"]))
+        return headers
+
     def finish(record: dict[str, Any], started: float, response: Response) -> Response:
         record["latency_s"] = round(time.perf_counter() - started, 4)
         record["status"] = response.status_code
         records.append(recordable(record, scrub))
-        response.headers["x-slm-swap-route"] = record["route"]
-        if record.get("reason"):
-            response.headers["x-slm-swap-reason"] = header_text(scrub(record["reason"]))
+        response.headers.update(route_headers(record))
         return response
+
+    async def respond_hosted(body: dict[str, Any], record: dict[str, Any], started: float, stream: bool) -> Response:
+        if stream:  # recorded when the stream ends
+            return StreamingResponse(hosted_stream(body, record, started), media_type="text/event-stream",
+                                     headers=route_headers(record))
+        return await answer_hosted(body, record, started)
 
     async def answer_hosted(body: dict[str, Any], record: dict[str, Any], started: float) -> Response:
         began = time.perf_counter()
@@ -172,7 +194,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         except openai.OpenAIError as exc:  # the status line is gone: the stream just stops, the record says why
             record["hosted"] = {"model": hosted.model, "error": scrub(describe_api_error(exc))}
         finally:
-            record["latency_s"] = round(time.perf_counter() - started, 4)
+            record.update(latency_s=round(time.perf_counter() - started, 4), status=200)
             records.append(recordable(record, scrub))
 
     async def chat(request: Request, deployment: str | None) -> Response:
@@ -195,16 +217,12 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         record: dict[str, Any] = {"id": f"req-{uuid.uuid4().hex}", "time": datetime.now(timezone.utc).isoformat(),
                                   "requested_model": chat_request.model, "track": None, "not_swappable": None,
                                   "route": "hosted", "verdict": None, "reason": None, "slm": None, "hosted": None}
-        decision = (NotSwappable("streaming_not_yet", "stream: true; this gateway streams only hosted answers for now")
-                    if chat_request.stream else classify(chat_request, set(slm.models)))
+        stream = bool(chat_request.stream)
+        decision = classify(chat_request, set(slm.models))
         if isinstance(decision, NotSwappable):
             record["not_swappable"] = {"reason": decision.reason, "detail": decision.detail}
             record["reason"] = decision.reason
-            if chat_request.stream:
-                response = StreamingResponse(hosted_stream(body, record, started), media_type="text/event-stream",
-                                             headers={"x-slm-swap-route": "hosted", "x-slm-swap-reason": decision.reason})
-                return response
-            return await answer_hosted(body, record, started)
+            return await respond_hosted(body, record, started, stream)
 
         record["track"] = decision.track
         max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or SLM_DEFAULT_MAX_TOKENS
@@ -216,7 +234,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             error = scrub(describe_api_error(exc))
             record["slm"] = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
             record.update(route="hosted-fallback", verdict="unavailable", reason=f"slm_unavailable: {error}")
-            return await answer_hosted(body, record, started)
+            return await respond_hosted(body, record, started, stream)
         text = (completion.choices[0].message.content or "") if completion.choices else ""
         usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage(0, 0)
         record["slm"] = {"model": model_name, "output": text, "latency_s": round(time.perf_counter() - began, 4),
@@ -227,13 +245,18 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             problem = f"the request's tool schema cannot be checked: {exc}"
         if problem is not None:
             record.update(route="hosted-fallback", verdict="invalid", reason=f"invalid_answer: {problem}")
-            return await answer_hosted(body, record, started)
+            return await respond_hosted(body, record, started, stream)
         record.update(route="slm", verdict="valid")
         model = chat_request.model or model_name
         if decision.answer_as == "tool_calls":
             answer = tool_calls_response(text, model=model, usage=usage)
         else:
             answer = text_response(text, model=model, usage=usage)
+        if stream:  # validated whole above; sent as the chunks OpenAI would have streamed
+            options = (chat_request.model_extra or {}).get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = server_sent_events(completion_chunks(answer, include_usage))
+            return finish(record, started, StreamingResponse(iter(events), media_type="text/event-stream"))
         return finish(record, started, JSONResponse(answer))
 
     @app.post("/v1/chat/completions")

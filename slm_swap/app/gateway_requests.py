@@ -7,6 +7,7 @@
     messages = slm_messages(decision)        # exactly what the evaluation sends for that track
     body = tool_calls_response(slm_text, model=chat.model, usage=Usage(12, 9))   # decision.answer_as == "tool_calls"
     body = text_response(slm_text, model=chat.model, usage=Usage(12, 9))         # decision.answer_as == "text"
+    events = server_sent_events(completion_chunks(body, include_usage=True))    # the same answer for `stream: true`
 
 Two kinds of request are swappable:
 - OpenAI tool calling (what agent frameworks send), whatever the model name: function tools, the
@@ -20,6 +21,7 @@ The Azure route names the model in its path: set `chat.model` to the deployment 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -285,6 +287,32 @@ def tool_calls_response(text: str, model: str, usage: Usage) -> dict[str, Any]:
 def text_response(text: str, model: str, usage: Usage, finish_reason: str = "stop") -> dict[str, Any]:
     """The SLM's answer to a track-addressed request, as `slm-swap serve` gives it: plain text."""
     return _completion(model, {"role": "assistant", "content": text}, finish_reason, usage)
+
+
+def completion_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """A whole `tool_calls_response`/`text_response` as the `chat.completion.chunk`s OpenAI streams:
+    the role, then the text or each tool call whole (index, id, type, name, JSON-string arguments),
+    then the finish reason; with `include_usage` (`stream_options`), a last chunk of no choices
+    carries the usage and the others `usage: null`, as OpenAI sends them."""
+    choice = completion["choices"][0]
+    message = choice["message"]
+    calls = message.get("tool_calls")
+    body = ({"tool_calls": [{"index": index, **call} for index, call in enumerate(calls)]} if calls
+            else {"content": message["content"]})
+    deltas = [{"role": "assistant", "content": None if calls else ""}, body]
+    choices = [[{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}] for delta in deltas]
+    choices.append([{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"], "logprobs": None}])
+    head = {key: completion[key] for key in ("id", "created", "model")}
+    chunks = [{**head, "object": "chat.completion.chunk", "choices": each} for each in choices]
+    if include_usage:
+        chunks = [{**chunk, "usage": None} for chunk in chunks]
+        chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": completion["usage"]})
+    return chunks
+
+
+def server_sent_events(chunks: list[dict[str, Any]]) -> list[str]:
+    """The chunks as OpenAI's SSE stream: one `data:` event each, then `data: [DONE]`."""
+    return [f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
 
 
 def _completion(model: str, message: dict[str, Any], finish_reason: str, usage: Usage) -> dict[str, Any]:

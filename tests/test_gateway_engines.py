@@ -1,0 +1,84 @@
+"""`slm-swap gateway` as a user runs it: the command in its own process, in front of a real
+`slm-swap serve` (a tiny random model with a `toolcall` adapter) as the SLM engine by URL, and a
+stub hosted model. The tiny model cannot write a valid call, so every swappable request must come
+back from the hosted model as `hosted-fallback`, with the engine's answer and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from openai_stub import OpenAIStub
+from slm_swap.data.xlam import load_xlam
+from test_local_serve import KEY, free_port, start_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("loopback_only")]
+
+FIXTURE = Path(__file__).parent / "fixtures" / "xlam_sample.json"
+HOSTED_KEY = "sk-hosted-engines-0123456789"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tiny_adapter_dir):
+    process, url = start_server(["--model-path", str(tiny_model_dir), "--model-name", "tiny",
+                                 "--adapter", f"toolcall={tiny_adapter_dir}", "--api-key", KEY,
+                                 "--max-new-tokens", "32"], KEY)
+    yield url
+    process.terminate()
+    output, _ = process.communicate(timeout=30)
+    assert "Traceback" not in output, output
+
+
+def test_the_gateway_command_in_front_of_slm_swap_serve(engine, tmp_path):
+    example = load_xlam(FIXTURE)[0][0]
+    records = tmp_path / "requests.jsonl"
+    port = free_port()
+    with OpenAIStub(respond=lambda messages: "the hosted answer") as hosted:
+        env = {**os.environ, "LANGFUSE_DISABLED": "1", "SLM_BASE_URL": f"{engine}/v1", "SLM_API_KEY": KEY,
+               "HOSTED_BASE_URL": f"{hosted.url}/v1", "HOSTED_MODEL": "hosted-model", "HOSTED_API_KEY": HOSTED_KEY}
+        env.pop("AZURE_ENDPOINT", None)
+        gateway = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", str(port),
+                                    "--records", str(records)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}/v1"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/models").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert gateway.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.2)
+            client = openai.OpenAI(base_url=url, api_key="client-key", max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": example.request}], max_tokens=16,
+                tools=[{"type": "function", "function": function} for function in example.functions])
+            plain = client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hello"}])
+        finally:
+            gateway.terminate()
+            output, _ = gateway.communicate(timeout=30)
+    assert "Traceback" not in output and HOSTED_KEY not in output, output
+    assert raw.headers["x-slm-swap-route"] == "hosted-fallback"
+    assert raw.headers["x-slm-swap-reason"].startswith("invalid_answer")
+    assert raw.parse().choices[0].message.content == "the hosted answer"
+    assert plain.headers["x-slm-swap-route"] == "hosted" and plain.headers["x-slm-swap-reason"] == "no_tools"
+    # The hosted model got the original request, tools and all, under its own model name.
+    assert [r["body"]["model"] for r in hosted.requests] == ["hosted-model", "hosted-model"]
+    assert hosted.requests[0]["body"]["tools"][0]["function"]["name"] == example.name
+    first, second = [json.loads(line) for line in records.read_text().splitlines()]
+    assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")  # the adapter by name
+    assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the engine really answered
+    assert (second["route"], second["slm"]) == ("hosted", None)  # not swappable: the SLM was not asked
+    assert HOSTED_KEY not in records.read_text()
