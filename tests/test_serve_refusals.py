@@ -137,3 +137,28 @@ def test_the_port_is_bound_before_the_model_loads_and_handed_to_the_server(monke
     serve_module.serve(model_never_loads, port=port)
     assert events == ["load", "run"]
     assert listening == [port]
+
+
+def test_connections_to_the_bound_socket_send_without_nagles_delay():
+    """The server's accepted connections have TCP_NODELAY, as uvicorn gives its own sockets: with
+    Nagle's algorithm on, each answer on a kept-alive connection waits ~40 ms for the client's ACK."""
+    import asyncio
+
+    from slm_swap.app.http_server import listening_socket
+
+    async def accepted_nodelay() -> int:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader, writer):
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = listening_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(on_connect, sock=sock)  # as uvicorn serves a socket handed to it
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            value = await asyncio.wait_for(accepted, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0

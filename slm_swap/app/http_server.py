@@ -58,7 +58,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except (socket.gaierror, UnicodeError) as exc:
         raise SlmSwapError(f"--host {host}: cannot be resolved ({exc})") from None
     where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say
+    # TCP, and with it on, every answer on a kept-alive connection waits ~40 ms for the client's ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
         sock.bind(address)
