@@ -61,13 +61,15 @@ class Gateway:
         self.thread.join(10)
 
 
-def start(tmp_path: Path, examples, hosted, teacher: ScriptedTeacher, api_key: str | None = None) -> tuple[Gateway, Path]:
+def start(tmp_path: Path, examples, hosted, teacher: ScriptedTeacher, api_key: str | None = None,
+          log_content: bool = True) -> tuple[Gateway, Path]:
     records = tmp_path / "06_gateway" / "requests.jsonl"  # the folder does not exist yet: the gateway makes it
     hosted_client = openai.OpenAI(base_url=f"{hosted.url}/v1", api_key=HOSTED_KEY, max_retries=1)
     slm_client = openai.OpenAI(base_url=teacher.url, api_key="engine-key", max_retries=0)
     app = create_gateway_app(Upstream(hosted_client, "hosted-deployment"),
                              SlmEngine(slm_client, {"structured": "structured", "toolcall": "toolcall"}),
-                             records, lambda text: scrub_secrets(text, [HOSTED_KEY]), api_key=api_key)
+                             records, lambda text: scrub_secrets(text, [HOSTED_KEY]), api_key=api_key,
+                             log_content=log_content)
     return Gateway(app), records
 
 
@@ -345,3 +347,23 @@ def test_with_a_key_the_gateway_refuses_clients_without_it(tmp_path, examples):
         finally:
             gateway.close()
     assert hosted.requests == [] and teacher.requests == 0
+
+
+def test_no_log_content_keeps_only_the_metadata(tmp_path, examples):
+    """`--no-log-content`: the route, verdict, models, latency and usage are recorded; no answer, no
+    argument value quoted in a reason, no request detail."""
+    behaviours = {example.id: behaviour for example, behaviour in zip(examples, SCRIPT)}
+    with OpenAIStub(respond=lambda messages: HOSTED_TEXT) as hosted, ScriptedTeacher(examples, behaviours) as teacher:
+        gateway, records = start(tmp_path, examples, hosted, teacher, log_content=False)
+        try:
+            for row in (0, 1, 3):  # served by the SLM; broken: falls back; wrong but valid: served
+                ask_tools(gateway, examples[row])
+            gateway.client().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        finally:
+            gateway.close()
+    served, fallback, wrong, plain = read_records(records)
+    assert [r["route"] for r in (served, fallback, wrong, plain)] == ["slm", "hosted-fallback", "slm", "hosted"]
+    assert fallback["reason"] == "invalid_answer" and plain["reason"] == "no_tools"
+    assert served["slm"]["usage"] and not served["slm"]["failed"] and "output" not in served["slm"]
+    text = records.read_text()
+    assert HOSTED_TEXT not in text and examples[0].name not in text and "tool_call" not in text

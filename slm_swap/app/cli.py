@@ -111,7 +111,7 @@ def cmd_gateway(request: GatewayRequest) -> int:
     settings = load_settings()
     key = settings.slm_swap_gateway_api_key  # from the environment only: argv is visible to `ps`
     run_gateway(settings, request.host, request.port, Path(request.records), parse_slm_models(request.slm_model, TRACKS),
-                api_key=key.get_secret_value() if key else None)
+                api_key=key.get_secret_value() if key else None, log_content=not request.no_log_content)
     return 0
 
 

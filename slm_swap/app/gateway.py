@@ -84,18 +84,35 @@ class SlmEngine:
 
 class RecordsFile:
     """One JSON line per request, appended whole under a lock and flushed: a kill leaves at most a
-    torn last line, which readers skip. Opened per line, so the file can be moved away between requests."""
+    torn last line, which readers skip. Opened per line, so the file can be moved away between requests.
+    `log_content=False` (`--no-log-content`) keeps only the metadata (`metadata_only`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, log_content: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_content = log_content
         self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+        line = json.dumps(record if self.log_content else metadata_only(record), ensure_ascii=False, sort_keys=True) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as out:
             out.write(line)
             out.flush()
+
+
+def metadata_only(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without anything a request or an answer said: no model output or error text, reasons
+    as their codes (an invalid answer's reason quotes its values, a detail the request's fields)."""
+    kept = dict(record)
+    for side in ("slm", "hosted"):
+        if isinstance(kept.get(side), dict):
+            kept[side] = {key: value for key, value in kept[side].items() if key not in ("output", "error")}
+            kept[side]["failed"] = "error" in record[side]
+    if kept.get("reason"):
+        kept["reason"] = kept["reason"].split(":", 1)[0]
+    if isinstance(kept.get("not_swappable"), dict):
+        kept["not_swappable"] = {"reason": kept["not_swappable"].get("reason")}
+    return kept
 
 
 def answer_problem(decision: Swappable, text: str) -> str | None:
@@ -119,10 +136,10 @@ def header_text(text: str) -> str:
 
 
 def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scrub: Callable[[str], str],
-                       api_key: str | None = None) -> FastAPI:
+                       api_key: str | None = None, log_content: bool = True) -> FastAPI:
     """The gateway in route mode. `scrub` (a `Settings.scrub`) cleans every error line, header and record;
     `api_key`: what clients must send (Authorization: Bearer, or Azure's api-key), none when None."""
-    records = RecordsFile(records_path)
+    records = RecordsFile(records_path, log_content)
     app = FastAPI(title="slm-swap gateway", docs_url=None, redoc_url=None)
     created = int(time.time())
 
@@ -271,7 +288,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
 
 
 def run_gateway(settings: Settings, host: str, port: int, records_path: Path, slm_models: Mapping[str, str],
-                api_key: str | None = None, slm_timeout_s: float = 30.0) -> None:
+                api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True) -> None:
     """Check the settings and bind the port (one line and no server when either fails), then serve
     until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts)."""
     import uvicorn
@@ -290,7 +307,7 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
         # One retry at most: a slow or down engine should hand over to the hosted model quickly.
         slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
         app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, dict(slm_models)),
-                                 records_path, settings.scrub, api_key=api_key)
+                                 records_path, settings.scrub, api_key=api_key, log_content=log_content)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}, SLM {slm_url} "

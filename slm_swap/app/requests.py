@@ -155,6 +155,8 @@ class GatewayRequest(Request):
     slm_model: list[str] = option([], "the SLM engine's model for a track (default: the track's name, as "
                                       "`slm-swap serve --adapters-dir` names adapters; repeatable)",
                                   repeat=True, metavar="TRACK=NAME")
+    no_log_content: bool = option(False, "records keep only the metadata: no model output or error text, reasons "
+                                         "as their codes")
 
 
 class FinetuneRequest(TrainOptions):
