@@ -62,14 +62,14 @@ class Gateway:
 
 
 def start(tmp_path: Path, examples, hosted, teacher: ScriptedTeacher, api_key: str | None = None,
-          log_content: bool = True) -> tuple[Gateway, Path]:
+          log_content: bool = True, modes: dict[str, str] | None = None) -> tuple[Gateway, Path]:
     records = tmp_path / "06_gateway" / "requests.jsonl"  # the folder does not exist yet: the gateway makes it
     hosted_client = openai.OpenAI(base_url=f"{hosted.url}/v1", api_key=HOSTED_KEY, max_retries=1)
     slm_client = openai.OpenAI(base_url=teacher.url, api_key="engine-key", max_retries=0)
     app = create_gateway_app(Upstream(hosted_client, "hosted-deployment"),
                              SlmEngine(slm_client, {"structured": "structured", "toolcall": "toolcall"}),
                              records, lambda text: scrub_secrets(text, [HOSTED_KEY]), api_key=api_key,
-                             log_content=log_content)
+                             log_content=log_content, modes=modes)
     return Gateway(app), records
 
 

@@ -38,20 +38,24 @@ def engine(tiny_model_dir, tiny_adapter_dir):
     assert "Traceback" not in output, output
 
 
-def test_the_gateway_command_in_front_of_slm_swap_serve(engine, tmp_path):
+def run_gateway_command(tmp_path: Path, env_extra: dict[str, str], args: list[str]):
+    """`slm-swap gateway` in its own process over a stub hosted model: one swappable request and one not.
+    Returns (both raw responses, the hosted stub's requests, the records, the command's output)."""
     example = load_xlam(FIXTURE)[0][0]
     records = tmp_path / "requests.jsonl"
     port = free_port()
     with OpenAIStub(respond=lambda messages: "the hosted answer") as hosted:
-        env = {**os.environ, "LANGFUSE_DISABLED": "1", "SLM_BASE_URL": f"{engine}/v1", "SLM_API_KEY": KEY,
-               "HOSTED_BASE_URL": f"{hosted.url}/v1", "HOSTED_MODEL": "hosted-model", "HOSTED_API_KEY": HOSTED_KEY}
-        env.pop("AZURE_ENDPOINT", None)
+        env = {**os.environ, "LANGFUSE_DISABLED": "1", "HOSTED_BASE_URL": f"{hosted.url}/v1", "HOSTED_MODEL": "hosted-model",
+               "HOSTED_API_KEY": HOSTED_KEY, **env_extra}
+        for key in ("AZURE_ENDPOINT", "SLM_BASE_URL"):
+            if key not in env_extra:
+                env.pop(key, None)
         gateway = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", str(port),
-                                    "--records", str(records)], env=env, stdout=subprocess.PIPE,
+                                    "--records", str(records), *args], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}/v1"
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 90
             while True:
                 try:
                     if httpx.get(f"{url}/models").status_code == 200:
@@ -77,8 +81,26 @@ def test_the_gateway_command_in_front_of_slm_swap_serve(engine, tmp_path):
     # The hosted model got the original request, tools and all, under its own model name.
     assert [r["body"]["model"] for r in hosted.requests] == ["hosted-model", "hosted-model"]
     assert hosted.requests[0]["body"]["tools"][0]["function"]["name"] == example.name
-    first, second = [json.loads(line) for line in records.read_text().splitlines()]
+    assert HOSTED_KEY not in records.read_text()
+    return [json.loads(line) for line in records.read_text().splitlines()], output
+
+
+def test_the_gateway_command_in_front_of_slm_swap_serve(engine, tmp_path):
+    (first, second), _ = run_gateway_command(tmp_path, {"SLM_BASE_URL": f"{engine}/v1", "SLM_API_KEY": KEY}, [])
     assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")  # the adapter by name
     assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the engine really answered
     assert (second["route"], second["slm"]) == ("hosted", None)  # not swappable: the SLM was not asked
-    assert HOSTED_KEY not in records.read_text()
+
+
+def test_the_gateway_command_loads_the_slm_in_process(tiny_model_dir, tiny_adapter_dir, tmp_path):
+    """No SLM_BASE_URL: the gateway loads the model itself, with the adapter of each track that has one
+    in --adapters-dir (here toolcall only), as `serve` would."""
+    adapters = tmp_path / "ft"
+    adapters.mkdir()
+    (adapters / "adapter_toolcall").symlink_to(tiny_adapter_dir, target_is_directory=True)
+    (first, second), output = run_gateway_command(
+        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(adapters)])
+    assert "in process" in output and "structured=base" in output and "toolcall=toolcall" in output
+    assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")
+    assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the in-process model answered
+    assert (second["route"], second["slm"]) == ("hosted", None)

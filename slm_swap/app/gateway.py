@@ -8,29 +8,32 @@ Route mode, per request (the decision is in the `x-slm-swap-route` and `x-slm-sw
 - swappable: the SLM engine gets the track's evaluation prompt; its answer is checked against the
   request's own tools (`core.tool_schema`). Valid: it is served (`slm`). Invalid, or the engine
   failing: the hosted model answers the original request (`hosted-fallback`).
-The SLM is any OpenAI-compatible engine by URL (`slm-swap serve --adapters-dir`, vLLM with
-`--enable-lora --lora-modules toolcall=DIR`), the adapter chosen by model name per track.
+The SLM is `serve`'s engine loaded in the gateway's process (`gateway_engine`, with the main job's
+adapters), or any OpenAI-compatible engine by URL (SLM_BASE_URL: `slm-swap serve --adapters-dir`,
+vLLM with `--enable-lora --lora-modules toolcall=DIR`), the adapter chosen by model name per track.
 `stream: true` routes the same way: the SLM engine is asked without streaming (its answer is validated
 whole before anything is sent), a valid answer goes out as OpenAI's SSE chunks, and hosted answers
 stream through from the hosted model.
-Not in this slice: the in-process SLM, shadow/hosted modes, the confidence gate, Langfuse.
+Modes per track (`gateway_shadow`): route (above), shadow (the hosted model answers; the SLM's answer is
+recorded off the response path with its verdict and whether it agrees), hosted (pass-through).
 Every request appends one JSON line to the records file (see `RecordsFile`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import openai
+from openai.lib.streaming.chat import ChatCompletionStreamState
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -47,6 +50,8 @@ from slm_swap.app.gateway_requests import (
     text_response,
     tool_calls_response,
 )
+from slm_swap.app.gateway_records import RecordsFile
+from slm_swap.app.gateway_shadow import agrees, hosted_answer
 from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error
 from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.core.tool_schema import check_call, check_structured
@@ -60,6 +65,10 @@ from slm_swap.llm.chat_api import ChatRequest, invalid_request
 from slm_swap.llm.hosted import HostedClient, check_url, describe_api_error
 
 SLM_DEFAULT_MAX_TOKENS = 256
+# Shadow answers run on their own threads, so they never hold up the response path; past this many
+# waiting, a request gets no shadow answer (recorded as `shadow_busy`) rather than an unbounded queue.
+SHADOW_THREADS = 4
+SHADOW_QUEUE = 64
 _HEADER_MAX_CHARS = 200
 # The hosted model's own refusals of the client's request: the client's error, passed on as such.
 # Anything else (auth, rate limit or 5xx after the retries, no connection) is the upstream failing: 502.
@@ -75,44 +84,22 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class SlmOutcome:
+    """What the SLM said to one request and what the request's validators made of it."""
+
+    text: str | None  # None: the engine failed
+    usage: Usage
+    part: dict[str, Any]  # the record's `slm` entry
+    verdict: str  # valid | invalid | unavailable
+    reason: str | None  # why not valid, starting with its code: slm_unavailable, invalid_answer
+
+
+@dataclass(frozen=True)
 class SlmEngine:
     """The SLM engine and the model name that serves each track (an adapter's name on the engine)."""
 
     client: openai.OpenAI
     models: Mapping[str, str]
-
-
-class RecordsFile:
-    """One JSON line per request, appended whole under a lock and flushed: a kill leaves at most a
-    torn last line, which readers skip. Opened per line, so the file can be moved away between requests.
-    `log_content=False` (`--no-log-content`) keeps only the metadata (`metadata_only`)."""
-
-    def __init__(self, path: Path, log_content: bool = True):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_content = log_content
-        self._lock = threading.Lock()
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record if self.log_content else metadata_only(record), ensure_ascii=False, sort_keys=True) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as out:
-            out.write(line)
-            out.flush()
-
-
-def metadata_only(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without anything a request or an answer said: no model output or error text, reasons
-    as their codes (an invalid answer's reason quotes its values, a detail the request's fields)."""
-    kept = dict(record)
-    for side in ("slm", "hosted"):
-        if isinstance(kept.get(side), dict):
-            kept[side] = {key: value for key, value in kept[side].items() if key not in ("output", "error")}
-            kept[side]["failed"] = "error" in record[side]
-    if kept.get("reason"):
-        kept["reason"] = kept["reason"].split(":", 1)[0]
-    if isinstance(kept.get("not_swappable"), dict):
-        kept["not_swappable"] = {"reason": kept["not_swappable"].get("reason")}
-    return kept
 
 
 def answer_problem(decision: Swappable, text: str) -> str | None:
@@ -136,10 +123,15 @@ def header_text(text: str) -> str:
 
 
 def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scrub: Callable[[str], str],
-                       api_key: str | None = None, log_content: bool = True) -> FastAPI:
-    """The gateway in route mode. `scrub` (a `Settings.scrub`) cleans every error line, header and record;
-    `api_key`: what clients must send (Authorization: Bearer, or Azure's api-key), none when None."""
+                       api_key: str | None = None, log_content: bool = True,
+                       modes: Mapping[str, str] | None = None) -> FastAPI:
+    """The gateway. `scrub` (a `Settings.scrub`) cleans every error line, header and record; `api_key`:
+    what clients must send (Authorization: Bearer, or Azure's api-key), none when None; `modes`: each
+    track's mode (`gateway_shadow.MODES`), route where not given."""
     records = RecordsFile(records_path, log_content)
+    modes = dict(modes or {})
+    shadow_threads = ThreadPoolExecutor(SHADOW_THREADS, thread_name_prefix="gateway-shadow")
+    shadow_slots = threading.BoundedSemaphore(SHADOW_QUEUE)
     app = FastAPI(title="slm-swap gateway", docs_url=None, redoc_url=None)
     created = int(time.time())
 
@@ -166,26 +158,78 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         return slm.client.chat.completions.create(model=slm.models[decision.track], messages=slm_messages(decision),
                                                   temperature=0, max_tokens=max_tokens)
 
+    def ask_slm(decision: Swappable, max_tokens: int) -> SlmOutcome:
+        """The SLM's answer, checked by the request's own validators (blocking: run it off the event loop)."""
+        model_name = slm.models[decision.track]
+        began = time.perf_counter()
+        try:
+            completion = slm_call(decision, max_tokens)
+        except openai.OpenAIError as exc:  # the engine down, refusing or timing out
+            error = scrub(describe_api_error(exc))
+            part = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
+            return SlmOutcome(None, Usage(0, 0), part, "unavailable", f"slm_unavailable: {error}")
+        text = (completion.choices[0].message.content or "") if completion.choices else ""
+        usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage(0, 0)
+        part = {"model": model_name, "output": text, "latency_s": round(time.perf_counter() - began, 4),
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}}
+        try:
+            problem = answer_problem(decision, text)
+        except ValueError as exc:  # the request's own schema is unusable: nothing can vouch for the SLM
+            problem = f"the request's tool schema cannot be checked: {exc}"
+        if problem is not None:
+            return SlmOutcome(text, usage, part, "invalid", f"invalid_answer: {problem}")
+        return SlmOutcome(text, usage, part, "valid", None)
+
+    def start_shadow(decision: Swappable, max_tokens: int) -> Future | None:
+        if not shadow_slots.acquire(blocking=False):
+            return None
+        future = shadow_threads.submit(ask_slm, decision, max_tokens)
+        future.add_done_callback(lambda _: shadow_slots.release())
+        return future
+
+    def write_record(record: dict[str, Any], shadow: tuple[Swappable, Future] | None = None) -> None:
+        """Append the record now, or, in shadow mode, once the SLM's shadow answer is in too."""
+        if shadow is None:
+            records.append(recordable(record, scrub))
+            return
+        decision, future = shadow
+
+        def with_shadow(done: Future) -> None:
+            try:
+                outcome: SlmOutcome = done.result()
+                record["slm"], record["verdict"] = outcome.part, outcome.verdict
+                hosted_message = hosted_answer((record.get("hosted") or {}).get("output"))
+                record["shadow"] = {"verdict": outcome.verdict, "reason": outcome.reason,
+                                    "agrees": outcome.text is not None and agrees(decision, outcome.text, hosted_message)}
+            except Exception as exc:  # noqa: BLE001 - a shadow's own fault must not lose the hosted record
+                record["shadow"] = {"verdict": "failed", "reason": f"shadow_failed: {type(exc).__name__}: {exc}", "agrees": False}
+            records.append(recordable(record, scrub))
+
+        future.add_done_callback(with_shadow)
+
     def route_headers(record: dict[str, Any]) -> dict[str, str]:
         headers = {"x-slm-swap-route": record["route"]}
         if record.get("reason"):
             headers["x-slm-swap-reason"] = header_text(scrub(record["reason"]))
         return headers
 
-    def finish(record: dict[str, Any], started: float, response: Response) -> Response:
+    def finish(record: dict[str, Any], started: float, response: Response,
+               shadow: tuple[Swappable, Future] | None = None) -> Response:
         record["latency_s"] = round(time.perf_counter() - started, 4)
         record["status"] = response.status_code
-        records.append(recordable(record, scrub))
+        write_record(record, shadow)
         response.headers.update(route_headers(record))
         return response
 
-    async def respond_hosted(body: dict[str, Any], record: dict[str, Any], started: float, stream: bool) -> Response:
+    async def respond_hosted(body: dict[str, Any], record: dict[str, Any], started: float, stream: bool,
+                             shadow: tuple[Swappable, Future] | None = None) -> Response:
         if stream:  # recorded when the stream ends
-            return StreamingResponse(hosted_stream(body, record, started), media_type="text/event-stream",
+            return StreamingResponse(hosted_stream(body, record, started, shadow), media_type="text/event-stream",
                                      headers=route_headers(record))
-        return await answer_hosted(body, record, started)
+        return await answer_hosted(body, record, started, shadow)
 
-    async def answer_hosted(body: dict[str, Any], record: dict[str, Any], started: float) -> Response:
+    async def answer_hosted(body: dict[str, Any], record: dict[str, Any], started: float,
+                            shadow: tuple[Swappable, Future] | None = None) -> Response:
         began = time.perf_counter()
         try:
             completion = await asyncio.to_thread(hosted_call, body)
@@ -194,25 +238,33 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             record["hosted"] = {"model": hosted.model, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
             status = getattr(exc, "status_code", None)
             if status in _CLIENT_ERRORS:
-                return finish(record, started, openai_error(status, f"hosted model: {error}", "invalid_request_error"))
+                return finish(record, started, openai_error(status, f"hosted model: {error}", "invalid_request_error"), shadow)
             return finish(record, started, openai_error(502, f"upstream hosted model {hosted.model!r} failed: {error}",
-                                                        "upstream_error"))
+                                                        "upstream_error"), shadow)
         answer = completion.model_dump(mode="json", exclude_unset=True)
         record["hosted"] = {"model": answer.get("model") or hosted.model, "output": answer.get("choices"),
                             "usage": answer.get("usage"), "latency_s": round(time.perf_counter() - began, 4)}
-        return finish(record, started, JSONResponse(answer))
+        return finish(record, started, JSONResponse(answer), shadow)
 
-    def hosted_stream(body: dict[str, Any], record: dict[str, Any], started: float) -> Iterator[str]:
-        """The hosted model's chunks passed on as OpenAI's SSE; recorded when the stream ends."""
+    def hosted_stream(body: dict[str, Any], record: dict[str, Any], started: float,
+                      shadow: tuple[Swappable, Future] | None) -> Iterator[str]:
+        """The hosted model's chunks passed on as OpenAI's SSE; the whole answer, put together by the
+        SDK's own accumulator, is recorded when the stream ends."""
+        began = time.perf_counter()
+        state = ChatCompletionStreamState()
         try:
             for chunk in hosted_call(body, stream=True):
+                state.handle_chunk(chunk)
                 yield f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
             yield "data: [DONE]\n\n"
+            answer = state.get_final_completion().model_dump(mode="json", exclude_unset=True)
+            record["hosted"] = {"model": answer.get("model") or hosted.model, "output": answer.get("choices"),
+                                "usage": answer.get("usage"), "latency_s": round(time.perf_counter() - began, 4)}
         except openai.OpenAIError as exc:  # the status line is gone: the stream just stops, the record says why
             record["hosted"] = {"model": hosted.model, "error": scrub(describe_api_error(exc))}
         finally:
             record.update(latency_s=round(time.perf_counter() - started, 4), status=200)
-            records.append(recordable(record, scrub))
+            write_record(record, shadow)
 
     async def chat(request: Request, deployment: str | None) -> Response:
         started = time.perf_counter()
@@ -232,7 +284,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         if deployment:  # Azure names the model in the path
             chat_request.model = deployment
         record: dict[str, Any] = {"id": f"req-{uuid.uuid4().hex}", "time": datetime.now(timezone.utc).isoformat(),
-                                  "requested_model": chat_request.model, "track": None, "not_swappable": None,
+                                  "requested_model": chat_request.model, "track": None, "mode": None, "not_swappable": None,
                                   "route": "hosted", "verdict": None, "reason": None, "slm": None, "hosted": None}
         stream = bool(chat_request.stream)
         decision = classify(chat_request, set(slm.models))
@@ -241,30 +293,27 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             record["reason"] = decision.reason
             return await respond_hosted(body, record, started, stream)
 
-        record["track"] = decision.track
+        mode = modes.get(decision.track, "route")
+        record.update(track=decision.track, mode=mode)
         max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or SLM_DEFAULT_MAX_TOKENS
-        model_name = slm.models[decision.track]
-        began = time.perf_counter()
-        try:
-            completion = await asyncio.to_thread(slm_call, decision, max_tokens)
-        except openai.OpenAIError as exc:  # the engine down, refusing or timing out: the hosted model answers
-            error = scrub(describe_api_error(exc))
-            record["slm"] = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
-            record.update(route="hosted-fallback", verdict="unavailable", reason=f"slm_unavailable: {error}")
+        if mode == "hosted":
+            record["reason"] = "mode_hosted"
             return await respond_hosted(body, record, started, stream)
-        text = (completion.choices[0].message.content or "") if completion.choices else ""
-        usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage(0, 0)
-        record["slm"] = {"model": model_name, "output": text, "latency_s": round(time.perf_counter() - began, 4),
-                         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}}
-        try:
-            problem = answer_problem(decision, text)
-        except ValueError as exc:  # the request's own schema is unusable: nothing can vouch for the SLM
-            problem = f"the request's tool schema cannot be checked: {exc}"
-        if problem is not None:
-            record.update(route="hosted-fallback", verdict="invalid", reason=f"invalid_answer: {problem}")
+        if mode == "shadow":  # the hosted model answers; the SLM's answer is only recorded, off the response path
+            record["reason"] = "mode_shadow"
+            future = start_shadow(decision, max_tokens)
+            if future is None:
+                record["shadow"] = {"verdict": "skipped", "reason": f"shadow_busy: {SHADOW_QUEUE} shadow answers waiting",
+                                    "agrees": False}
+            return await respond_hosted(body, record, started, stream, (decision, future) if future else None)
+        outcome = await asyncio.to_thread(ask_slm, decision, max_tokens)
+        record["slm"] = outcome.part
+        if outcome.verdict != "valid":  # the engine failing or the answer invalid: the hosted model answers
+            record.update(route="hosted-fallback", verdict=outcome.verdict, reason=outcome.reason)
             return await respond_hosted(body, record, started, stream)
         record.update(route="slm", verdict="valid")
-        model = chat_request.model or model_name
+        text, usage = outcome.text or "", outcome.usage
+        model = chat_request.model or slm.models[decision.track]
         if decision.answer_as == "tool_calls":
             answer = tool_calls_response(text, model=model, usage=usage)
         else:
@@ -288,34 +337,48 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
 
 
 def run_gateway(settings: Settings, host: str, port: int, records_path: Path, slm_models: Mapping[str, str],
-                api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True) -> None:
+                api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True,
+                modes: Mapping[str, str] | None = None, model_path: Path | None = None,
+                adapters_dir: Path | None = None) -> None:
     """Check the settings and bind the port (one line and no server when either fails), then serve
-    until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts)."""
+    until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts). The SLM: the
+    engine at SLM_BASE_URL (models per track: `slm_models`), else loaded in this process
+    (`gateway_engine`: `model_path`, and the tracks' adapters found in `adapters_dir`)."""
     import uvicorn
 
-    if not settings.slm_base_url:
-        raise SlmSwapError("SLM_BASE_URL is not set: the gateway needs the SLM engine's URL, e.g. "
-                           "http://127.0.0.1:8000/v1 (`slm-swap serve --adapters-dir ...`)")
-    slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL")
+    from slm_swap.app.gateway_engine import start_in_process_engine, track_adapters
+
+    slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL") if settings.slm_base_url else None
     hosted_client = HostedClient(settings)  # refuses at once without hosted settings
+    adapters = {} if slm_url else track_adapters(adapters_dir, slm_models)
     sock = listening_socket(host, port)
+    engine = None
     try:
         if not is_loopback(host) and not api_key:
             print(f"warning: gateway on {host} without SLM_SWAP_GATEWAY_API_KEY: anyone who can reach this port can "
                   "use the hosted model through it")
-        slm_key = settings.slm_api_key.get_secret_value() if settings.slm_api_key else "unused"
+        if slm_url:
+            slm_key = settings.slm_api_key.get_secret_value() if settings.slm_api_key else "unused"
+            models, described = dict(slm_models), slm_url
+        else:
+            print(f"loading the SLM {model_path or settings.slm_model_path} in process ...", flush=True)
+            engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models)
+            slm_url, slm_key, models, described = engine.url, engine.api_key, engine.models, engine.identity
         # One retry at most: a slow or down engine should hand over to the hosted model quickly.
         slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
-        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, dict(slm_models)),
-                                 records_path, settings.scrub, api_key=api_key, log_content=log_content)
+        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, models),
+                                 records_path, settings.scrub, api_key=api_key, log_content=log_content, modes=modes)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
-        print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}, SLM {slm_url} "
-              f"({', '.join(f'{track}={name}' for track, name in slm_models.items())}); records {records_path}", flush=True)
+        print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}; SLM {described} "
+              f"({', '.join(f'{track}={name}' for track, name in models.items())}); modes "
+              f"{', '.join(f'{track}={mode}' for track, mode in (modes or {}).items()) or 'route'}; records {records_path}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if engine is not None:
+            engine.stop()
     if not server.started:
         raise SlmSwapError(f"the gateway on {host}:{bound_port} did not start")
 
