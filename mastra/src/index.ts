@@ -14,3 +14,5 @@ export { createSlmClient } from "./client.js";
 export type { SlmClient, SlmClientOptions } from "./client.js";
 export { createSlmAgent, createSlmAgentForModel } from "./agent.js";
 export type { ModelResolver, SlmAgentOptions, SlmChatModel } from "./agent.js";
+export { convertLength, convertLengthInput, convertLengthTool, createGatewayAgent, GATEWAY_AGENT_INSTRUCTIONS } from "./gateway-agent.js";
+export type { ConvertLengthInput, ConvertLengthOutput, GatewayAgentOptions, LengthUnit } from "./gateway-agent.js";

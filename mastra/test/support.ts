@@ -86,8 +86,10 @@ export interface RunningServer {
 }
 
 const started = new Set<ChildProcess>();
+const groups = new Set<() => void>(); // kills a helper's process group
 process.on("exit", () => {
   for (const child of started) child.kill("SIGKILL"); // never leave a server behind
+  for (const kill of groups) kill();
 });
 
 /** `slm-swap serve` on 127.0.0.1 at a free port; resolves once GET /v1/models answers. */
@@ -183,4 +185,57 @@ export async function startRecordingProxy(target: string): Promise<RecordingProx
         server.close(() => resolve());
       }),
   };
+}
+
+export interface PythonService<Info> {
+  info: Info; // the JSON line the service printed once ready
+  /** Close its stdin (the service stops) and wait; rejects with its output if it failed. */
+  stop(): Promise<void>;
+}
+
+/** A long-running Python helper: ready when it prints one JSON line; it stops when its stdin closes. */
+export async function startPythonService<Info>(args: string[], timeoutMs = 60_000): Promise<PythonService<Info>> {
+  // Its own process group, so that one kill also stops what it started (the gateway); it stops them
+  // itself when its stdin closes, which also happens when this process dies.
+  const child = spawn(PYTHON, args, { cwd: REPO_ROOT, env: PYTHON_ENV, stdio: ["pipe", "pipe", "pipe"], detached: true });
+  const killGroup = () => {
+    try {
+      process.kill(-child.pid!, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  };
+  groups.add(killGroup);
+  let stdout = "";
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (chunk) => (stderr += chunk));
+  const exited = new Promise<number | string>((resolve) => child.on("exit", (code, signal) => resolve(code ?? signal ?? "?")));
+  const stop = async () => {
+    child.stdin!.end();
+    const timer = setTimeout(killGroup, 15_000);
+    const status = await exited;
+    clearTimeout(timer);
+    groups.delete(killGroup);
+    if (status !== 0) throw new Error(`${args.join(" ")} exited with ${status}:\n${stderr.slice(-4000)}`);
+  };
+  const info = await new Promise<Info>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${args.join(" ")}: not ready within ${timeoutMs} ms:\n${stderr.slice(-4000)}`)), timeoutMs);
+    child.stdout!.setEncoding("utf8").on("data", (chunk) => {
+      stdout += chunk;
+      const newline = stdout.indexOf("\n");
+      if (newline >= 0) {
+        clearTimeout(timer);
+        resolve(JSON.parse(stdout.slice(0, newline)));
+      }
+    });
+    void exited.then((status) => {
+      clearTimeout(timer);
+      reject(new Error(`${args.join(" ")} exited with ${status} before it was ready:\n${stderr.slice(-4000)}`));
+    });
+  }).catch(async (err) => {
+    killGroup();
+    groups.delete(killGroup);
+    throw err;
+  });
+  return { info, stop };
 }
