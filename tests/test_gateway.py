@@ -219,16 +219,24 @@ def test_bad_bodies_get_openai_shaped_errors(world):
     assert not records.exists() or records.read_text() == ""  # refused before any backend: nothing to record
 
 
-def test_the_command_refuses_without_an_slm_engine(monkeypatch, tmp_path, capsys):
+def test_the_command_refuses_bad_settings_in_one_line(monkeypatch, tmp_path, capsys):
+    """Each refused before the port is served or any model loads: one line naming the setting."""
     monkeypatch.chdir(tmp_path)  # no .env
     for name in ("SLM_BASE_URL", "HOSTED_BASE_URL", "AZURE_ENDPOINT", "AZURE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOSTED_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("HOSTED_MODEL", "m")
-    assert main(["gateway", "--port", "0", "--records", str(tmp_path / "r.jsonl")]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slm-swap: error")]
-    assert len(errors) == 1 and "SLM_BASE_URL" in errors[0]
-    monkeypatch.setenv("SLM_BASE_URL", "http://127.0.0.1:9/v1")
+    cases = [({"SLM_BASE_URL": "127.0.0.1:8000"}, [], "SLM_BASE_URL"),
+             ({}, ["--adapters-dir", str(tmp_path / "r.jsonl")], "--adapters-dir"),
+             ({}, ["--model-path", str(tmp_path / "nothing")], "no checkpoint there")]
+    (tmp_path / "r.jsonl").write_text("", encoding="utf-8")
+    for env, args, named in cases:
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            assert main(["gateway", "--port", "0", "--records", str(tmp_path / "r.jsonl"), *args]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slm-swap: error")]
+        assert len(errors) == 1 and named in errors[0], (args, errors)
     monkeypatch.delenv("HOSTED_BASE_URL")
     assert main(["gateway", "--port", "0"]) == 2
     assert "hosted model not configured" in capsys.readouterr().err

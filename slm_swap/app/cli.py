@@ -30,8 +30,8 @@ from pydantic import BaseModel
 from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
-                                   FinetuneRequest, GatewayRequest, InferRequest, PrepareRequest, PromptsExportRequest,
-                                   ServeRequest)
+                                   FinetuneRequest, GatewayCalibrateRequest, GatewayRequest, InferRequest, PrepareRequest,
+                                   PromptsExportRequest, ServeRequest)
 from slm_swap.core.prompts import TRACKS
 from slm_swap.infra.config import MIN_SECRET_CHARS, load_settings
 from slm_swap.infra.errors import SlmSwapError
@@ -106,12 +106,23 @@ def cmd_serve(request: ServeRequest) -> int:
 
 
 def cmd_gateway(request: GatewayRequest) -> int:
+    from slm_swap.app.calibration import default_policy_path
     from slm_swap.app.gateway import parse_slm_models, run_gateway
+    from slm_swap.app.gateway_shadow import parse_modes
 
     settings = load_settings()
     key = settings.slm_swap_gateway_api_key  # from the environment only: argv is visible to `ps`
     run_gateway(settings, request.host, request.port, Path(request.records), parse_slm_models(request.slm_model, TRACKS),
-                api_key=key.get_secret_value() if key else None, log_content=not request.no_log_content)
+                api_key=key.get_secret_value() if key else None, log_content=not request.no_log_content,
+                modes=parse_modes(request.mode, TRACKS), model_path=request.model_path, adapters_dir=request.adapters_dir,
+                policy_paths=request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()])
+    return 0
+
+
+def cmd_gateway_calibrate(request: GatewayCalibrateRequest) -> int:
+    from slm_swap.app.calibration import calibrate, describe
+
+    print(describe(calibrate(load_settings(), request)))
     return 0
 
 
@@ -243,6 +254,13 @@ COMMANDS: list[tuple[str, type[BaseModel], Callable[[Any], int], str, str | None
     ("gateway", GatewayRequest, cmd_gateway,
      "OpenAI-compatible gateway: the SLM answers what it may, checked against the request's tools; else the hosted model",
      None),
+    ("gateway calibrate", GatewayCalibrateRequest, cmd_gateway_calibrate,
+     "choose the gateway's confidence threshold for a track on a labelled split; writes its policy file",
+     "Evaluate the SLM (in this process, as `eval --model-kind slm`) on a labelled split. For each example: the "
+     "validators' verdict against its functions, the confidence (the answer's lowest token log-probability) and "
+     "whether it is right (BFCL's AST match where there are possible answers, else exact). The threshold with the "
+     "most coverage whose accepted answers reach the target accuracy goes into the policy file the gateway reads; "
+     "the risk-coverage chart goes beside it."),
     ("train", FinetuneRequest, cmd_train, "fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train", None),
     ("compare", CompareRequest, cmd_compare, "decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10", None),
     ("capture", CaptureRequest, cmd_capture,
@@ -280,15 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, Any] = {}
+    parsers: dict[str, argparse.ArgumentParser] = {}
     for name, request, handler, help_text, description in COMMANDS:
         group, _, action = name.partition(" ")
         if action:
-            if group not in groups:
+            if group in parsers and group not in groups:  # a command with actions too: `gateway`, `gateway calibrate`
+                parsers[group].usage = "%(prog)s [options]\n       %(prog)s ACTION [options]"  # argparse would show ACTION as required
+                groups[group] = parsers[group].add_subparsers(metavar="ACTION", help="or, instead of running the command:")
+            elif group not in groups:
                 groups[group] = commands.add_parser(group, help=GROUPS[group]).add_subparsers(
                     dest=f"{group}_command", required=True, metavar="ACTION")
             sub = groups[group].add_parser(action, help=help_text, description=description)
         else:
-            sub = commands.add_parser(name, help=help_text, description=description)
+            sub = parsers[name] = commands.add_parser(name, help=help_text, description=description)
         add_options(sub, request)
         sub.set_defaults(request_model=request, handler=handler, command_name=name)
     return parser

@@ -22,6 +22,7 @@ Every request appends one JSON line to the records file (see `RecordsFile`).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -50,17 +51,20 @@ from slm_swap.app.gateway_requests import (
     text_response,
     tool_calls_response,
 )
-from slm_swap.app.gateway_records import RecordsFile
+from slm_swap.app.gateway_records import RecordsFile, metadata_only
 from slm_swap.app.gateway_shadow import agrees, hosted_answer
+from slm_swap.app.gateway_tracing import trace_request
 from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error
 from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.core.tool_schema import check_call, check_structured
+from slm_swap.evaluation.calibrate import Policy, load_policy, openai_confidence
 from slm_swap.core.tracks import parse_structured, parse_toolcall
 from slm_swap.infra import json_input
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.json_input import BODY_MAX_BYTES, JsonInputError
 from slm_swap.infra.recordable import recordable
+from slm_swap.infra.tracing import NullTracer, Tracer, open_tracer
 from slm_swap.llm.chat_api import ChatRequest, invalid_request
 from slm_swap.llm.hosted import HostedClient, check_url, describe_api_error
 
@@ -89,9 +93,9 @@ class SlmOutcome:
 
     text: str | None  # None: the engine failed
     usage: Usage
-    part: dict[str, Any]  # the record's `slm` entry
-    verdict: str  # valid | invalid | unavailable
-    reason: str | None  # why not valid, starting with its code: slm_unavailable, invalid_answer
+    part: dict[str, Any]  # the record's `slm` entry (its `confidence`: the weakest token's log-probability)
+    verdict: str  # valid | invalid | low_confidence | unavailable
+    reason: str | None  # why not valid, starting with its code: slm_unavailable, invalid_answer, low_confidence
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,17 @@ def header_text(text: str) -> str:
 
 def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scrub: Callable[[str], str],
                        api_key: str | None = None, log_content: bool = True,
-                       modes: Mapping[str, str] | None = None) -> FastAPI:
+                       modes: Mapping[str, str] | None = None, tracer: Tracer | None = None,
+                       policies: Mapping[str, Policy] | None = None) -> FastAPI:
     """The gateway. `scrub` (a `Settings.scrub`) cleans every error line, header and record; `api_key`:
     what clients must send (Authorization: Bearer, or Azure's api-key), none when None; `modes`: each
-    track's mode (`gateway_shadow.MODES`), route where not given."""
+    track's mode (`gateway_shadow.MODES`), route where not given; `tracer`: one trace per request
+    (`gateway_tracing`), none when None; `policies`: a track's confidence gate (`gateway calibrate`): a valid
+    answer is served only when its confidence reaches the policy's threshold."""
     records = RecordsFile(records_path, log_content)
+    tracer = tracer or NullTracer()
     modes = dict(modes or {})
+    policies = dict(policies or {})
     shadow_threads = ThreadPoolExecutor(SHADOW_THREADS, thread_name_prefix="gateway-shadow")
     shadow_slots = threading.BoundedSemaphore(SHADOW_QUEUE)
     app = FastAPI(title="slm-swap gateway", docs_url=None, redoc_url=None)
@@ -155,8 +164,9 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
                                                      extra_body=rest)
 
     def slm_call(decision: Swappable, max_tokens: int) -> Any:
+        # logprobs: the answer's confidence, for the gate and the records (`serve` and vLLM return them).
         return slm.client.chat.completions.create(model=slm.models[decision.track], messages=slm_messages(decision),
-                                                  temperature=0, max_tokens=max_tokens)
+                                                  temperature=0, max_tokens=max_tokens, logprobs=True)
 
     def ask_slm(decision: Swappable, max_tokens: int) -> SlmOutcome:
         """The SLM's answer, checked by the request's own validators (blocking: run it off the event loop)."""
@@ -168,16 +178,27 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             error = scrub(describe_api_error(exc))
             part = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
             return SlmOutcome(None, Usage(0, 0), part, "unavailable", f"slm_unavailable: {error}")
-        text = (completion.choices[0].message.content or "") if completion.choices else ""
+        choice = completion.choices[0] if completion.choices else None
+        text = (choice.message.content or "") if choice else ""
         usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else Usage(0, 0)
+        logprobs = choice.logprobs.content if choice and choice.logprobs else None
+        confidence = openai_confidence(logprobs) if logprobs else None
+        if confidence is not None and not math.isfinite(confidence):
+            confidence = None  # None: the engine sent no usable log-probabilities (no gate accepts that)
         part = {"model": model_name, "output": text, "latency_s": round(time.perf_counter() - began, 4),
-                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}}
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens},
+                "confidence": confidence}
         try:
             problem = answer_problem(decision, text)
         except ValueError as exc:  # the request's own schema is unusable: nothing can vouch for the SLM
             problem = f"the request's tool schema cannot be checked: {exc}"
         if problem is not None:
             return SlmOutcome(text, usage, part, "invalid", f"invalid_answer: {problem}")
+        policy = policies.get(decision.track)
+        if policy is not None and not policy.accepts(True, confidence if confidence is not None else float("-inf")):
+            why = ("its calibration reached the target at no threshold" if policy.threshold is None
+                   else f"{confidence if confidence is not None else 'none'} < threshold {policy.threshold}")
+            return SlmOutcome(text, usage, part, "low_confidence", f"low_confidence: {why}")
         return SlmOutcome(text, usage, part, "valid", None)
 
     def start_shadow(decision: Swappable, max_tokens: int) -> Future | None:
@@ -187,10 +208,19 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         future.add_done_callback(lambda _: shadow_slots.release())
         return future
 
+    def append_traced(record: dict[str, Any]) -> None:
+        """The record, scrubbed, traced (no more than the file keeps) and appended with its trace id."""
+        recorded = recordable(record, scrub)
+        try:
+            recorded["trace_id"] = trace_request(tracer, recorded if log_content else metadata_only(recorded))
+        except Exception as exc:  # noqa: BLE001 - a tracing fault must not lose the record or the answer
+            recorded["trace_id"], recorded["trace_error"] = None, f"{type(exc).__name__}: {exc}"
+        records.append(recorded)
+
     def write_record(record: dict[str, Any], shadow: tuple[Swappable, Future] | None = None) -> None:
         """Append the record now, or, in shadow mode, once the SLM's shadow answer is in too."""
         if shadow is None:
-            records.append(recordable(record, scrub))
+            append_traced(record)
             return
         decision, future = shadow
 
@@ -203,12 +233,12 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
                                     "agrees": outcome.text is not None and agrees(decision, outcome.text, hosted_message)}
             except Exception as exc:  # noqa: BLE001 - a shadow's own fault must not lose the hosted record
                 record["shadow"] = {"verdict": "failed", "reason": f"shadow_failed: {type(exc).__name__}: {exc}", "agrees": False}
-            records.append(recordable(record, scrub))
+            append_traced(record)
 
         future.add_done_callback(with_shadow)
 
     def route_headers(record: dict[str, Any]) -> dict[str, str]:
-        headers = {"x-slm-swap-route": record["route"]}
+        headers = {"x-slm-swap-route": record["route"], "x-slm-swap-request-id": record["id"]}  # the record's id
         if record.get("reason"):
             headers["x-slm-swap-reason"] = header_text(scrub(record["reason"]))
         return headers
@@ -306,6 +336,10 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
                 record["shadow"] = {"verdict": "skipped", "reason": f"shadow_busy: {SHADOW_QUEUE} shadow answers waiting",
                                     "agrees": False}
             return await respond_hosted(body, record, started, stream, (decision, future) if future else None)
+        policy = policies.get(decision.track)
+        if policy is not None and policy.threshold is None:  # calibration: no SLM answer may be served on this track
+            record.update(route="hosted", reason=f"policy_accepts_nothing: {policy.path} reached its target at no threshold")
+            return await respond_hosted(body, record, started, stream)
         outcome = await asyncio.to_thread(ask_slm, decision, max_tokens)
         record["slm"] = outcome.part
         if outcome.verdict != "valid":  # the engine failing or the answer invalid: the hosted model answers
@@ -339,7 +373,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
 def run_gateway(settings: Settings, host: str, port: int, records_path: Path, slm_models: Mapping[str, str],
                 api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True,
                 modes: Mapping[str, str] | None = None, model_path: Path | None = None,
-                adapters_dir: Path | None = None) -> None:
+                adapters_dir: Path | None = None, policy_paths: Iterable[Path] = ()) -> None:
     """Check the settings and bind the port (one line and no server when either fails), then serve
     until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts). The SLM: the
     engine at SLM_BASE_URL (models per track: `slm_models`), else loaded in this process
@@ -350,6 +384,8 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
 
     slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL") if settings.slm_base_url else None
     hosted_client = HostedClient(settings)  # refuses at once without hosted settings
+    policies = load_policies(policy_paths, slm_models)
+    tracer = open_tracer(settings)  # refuses at once without Langfuse settings (LANGFUSE_DISABLED=1: none)
     adapters = {} if slm_url else track_adapters(adapters_dir, slm_models)
     sock = listening_socket(host, port)
     engine = None
@@ -367,20 +403,38 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
         # One retry at most: a slow or down engine should hand over to the hosted model quickly.
         slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
         app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, models),
-                                 records_path, settings.scrub, api_key=api_key, log_content=log_content, modes=modes)
+                                 records_path, settings.scrub, api_key=api_key, log_content=log_content, modes=modes,
+                                 tracer=tracer, policies=policies)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}; SLM {described} "
               f"({', '.join(f'{track}={name}' for track, name in models.items())}); modes "
-              f"{', '.join(f'{track}={mode}' for track, mode in (modes or {}).items()) or 'route'}; records {records_path}", flush=True)
+              f"{', '.join(f'{track}={mode}' for track, mode in (modes or {}).items()) or 'route'}; "
+              f"confidence gate: {', '.join(f'{t}>={p.threshold} ({p.path})' for t, p in policies.items()) or 'none'}; "
+              f"records {records_path}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
         server.run(sockets=[sock])
     finally:
         sock.close()
         if engine is not None:
             engine.stop()
+        tracer.flush()
     if not server.started:
         raise SlmSwapError(f"the gateway on {host}:{bound_port} did not start")
+
+
+def load_policies(paths: Iterable[Path], tracks: Iterable[str]) -> dict[str, Policy]:
+    """The confidence gate per track from `gateway calibrate`'s policy files (one line naming a bad one)."""
+    policies: dict[str, Policy] = {}
+    for path in paths:
+        policy = load_policy(Path(path))
+        if policy.track not in set(tracks):
+            raise SlmSwapError(f"--policy {path}: its track {policy.track!r} is not one the gateway serves")
+        if policy.track in policies:
+            raise SlmSwapError(f"--policy {path}: a second policy for track {policy.track!r} "
+                               f"(the first: {policies[policy.track].path})")
+        policies[policy.track] = policy
+    return policies
 
 
 def parse_slm_models(specs: list[str], tracks: Iterable[str]) -> dict[str, str]:

@@ -148,7 +148,7 @@ def _request_refusal(chat: ChatRequest, extra: dict[str, Any]) -> NotSwappable |
         return NotSwappable("no_messages", "messages is empty")
     if chat.n != 1:
         return NotSwappable("n_not_1", f"n is {chat.n}")
-    if extra.get("logprobs") is True or extra.get("top_logprobs"):
+    if chat.logprobs is True or chat.top_logprobs:
         return NotSwappable("logprobs_requested", "logprobs or top_logprobs is set")
     modalities = extra.get("modalities")
     if extra.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):

@@ -151,12 +151,41 @@ class ServeRequest(Request):
 class GatewayRequest(Request):
     host: str = option("127.0.0.1", "loopback only by default")
     port: int = option(8100, "")
+    model_path: Path | None = option(None, "the SLM loaded in process when SLM_BASE_URL is not set (default: "
+                                           "SLM_MODEL_PATH, else the embedded model)")
+    adapters_dir: Path = option(DEFAULT_FT_DIR, "the in-process SLM serves <dir>/adapter_<track>/ for each track that "
+                                                "has one (the main job's adapters); the base model for the others")
     records: Path = option(DEFAULT_GATEWAY_RECORDS, "append one JSON line per request here")
-    slm_model: list[str] = option([], "the SLM engine's model for a track (default: the track's name, as "
-                                      "`slm-swap serve --adapters-dir` names adapters; repeatable)",
+    slm_model: list[str] = option([], "with SLM_BASE_URL: the engine's model for a track (default: the track's "
+                                      "name, as `slm-swap serve --adapters-dir` names adapters; repeatable)",
                                   repeat=True, metavar="TRACK=NAME")
     no_log_content: bool = option(False, "records keep only the metadata: no model output or error text, reasons "
                                          "as their codes")
+    mode: list[str] = option([], "route: the SLM first, the hosted model when its answer fails the request's "
+                                 "validators; shadow: the hosted model answers, the SLM's answer is only recorded "
+                                 "and compared; hosted: pass-through. MODE sets every track, TRACK=MODE one "
+                                 "(repeatable; default route)", repeat=True, metavar="[TRACK=]MODE")
+    policy: list[Path] = option([], "a track's confidence gate, from `slm-swap gateway calibrate` (repeatable; default: "
+                                    f"the {DEFAULT_GATEWAY_RECORDS.parent}/policy_<track>.json files that exist)",
+                                repeat=True, metavar="FILE")
+
+
+class GatewayCalibrateRequest(Request):
+    """`slm-swap gateway calibrate`: the confidence threshold of the gateway's gate for one track."""
+
+    track: RowTrack = option(..., "")
+    adapter: Path | None = option(None, "LoRA adapter folder the gateway serves for this track")
+    split: Split = option("val", "labelled split the threshold is chosen on")
+    target: str | None = option(None, "accuracy the accepted SLM answers must reach, as a decimal (default: the hosted "
+                                      "model's accuracy on the split, from its eval in --eval-dir, minus --delta)")
+    delta: str = option("0.01", "with the default target: how far below the hosted model's accuracy it may be")
+    out: Path | None = option(None, "policy file (default: slm_swap/06_gateway/policy_<track>.json); the "
+                                    "risk-coverage chart goes beside it as .png")
+    data_dir: Path = option(DEFAULT_DATA_DIR, "")
+    eval_dir: Path = option(DEFAULT_EVAL_DIR, "where `slm-swap eval` wrote the hosted model's metrics")
+    limit: int | None = option(None, "first N examples only")
+    batch_size: int = option(EVAL_BATCH_SIZE, "prompts decoded together; lower it if memory runs out")
+    load_in_4bit: bool | None = load_in_4bit_option()
 
 
 class FinetuneRequest(TrainOptions):

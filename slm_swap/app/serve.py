@@ -41,6 +41,7 @@ from slm_swap.llm.chat_api import ChatRequest, invalid_request
 from slm_swap.llm.batching import Job, ModelWorker, cut_at_stop
 from slm_swap.llm.completion import MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
 from slm_swap.llm.local import BASE, LocalModel, check_adapter
+from slm_swap.llm.token_logprobs import logprobs_problem, openai_logprobs
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_TOKENS_CAP = 2048
@@ -163,6 +164,8 @@ def create_app(
         )
         if not 1 <= max_tokens <= MAX_TOKENS_CAP:
             return _error(400, f"max_tokens must be between 1 and {MAX_TOKENS_CAP}.", "invalid_request_error", param="max_tokens")
+        if problem := logprobs_problem(chat_request):
+            return _error(400, problem, "invalid_request_error", param="top_logprobs")
         messages = [m.for_template() for m in chat_request.messages]
         # Checked here, not in the worker: an oversized prompt would hold the model (and every
         # request queued behind it) for minutes before failing or producing garbage.
@@ -184,6 +187,10 @@ def create_app(
         except Exception as exc:
             return _error(500, f"Generation failed: {type(exc).__name__}: {exc}", "server_error")
         text, stopped = cut_at_stop(result.text, chat_request.stop_sequences())
+        logprobs = None
+        if chat_request.logprobs:  # decoding each prefix costs a moment: off the event loop
+            texts = await asyncio.to_thread(model.token_texts, result.tokens)
+            logprobs = openai_logprobs(texts, result.token_logprobs, len(text))
         return JSONResponse(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -194,6 +201,7 @@ def create_app(
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
+                        "logprobs": logprobs,
                         "finish_reason": "stop" if stopped else result.finish_reason,
                     }
                 ],

@@ -49,6 +49,8 @@ class ChatRequest(BaseModel):
     n: StrictInt = 1
     stream: StrictBool = False
     stop: str | list[str] | None = None
+    logprobs: StrictBool | None = None  # the chosen tokens' log-probabilities in the choice
+    top_logprobs: StrictInt | None = None  # alternatives per position (0 to 20; `logprobs` must be true)
 
     def stop_sequences(self) -> list[str]:  # an empty string would stop every completion before it starts
         return [s for s in ([self.stop] if isinstance(self.stop, str) else self.stop or []) if s]

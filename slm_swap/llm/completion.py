@@ -32,3 +32,5 @@ class Completion:
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Each completion token's log-probability, where the client reports them (the local SLM).
+    token_logprobs: tuple[float, ...] | None = None

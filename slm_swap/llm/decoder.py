@@ -15,7 +15,7 @@ its completion would need `model.generate` instead.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -23,11 +23,31 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 PREFILL_GROUP = 8  # prompts encoded together: enough to batch the matmuls, few enough to pad little
 
 
+class DecodedRow(NamedTuple):
+    """One prompt row's completion: its token ids without the stop token, each one's log-probability
+    under the model (log-softmax of the logits it was chosen from), and "stop" | "length"."""
+
+    row: int
+    tokens: list[int]
+    logprobs: list[float]
+    reason: str
+
+
+def _choose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(greedy tokens, their log-probabilities) from the last position's logits. The argmax is taken
+    on the logits as they are (parity with `generate`); the log-probability in float32, as
+    logit - logsumexp: one reduction over logits already computed, no softmax tensor kept."""
+    last = logits[:, -1]
+    tokens = last.argmax(-1)
+    scores = last.float()
+    return tokens, scores.gather(-1, tokens[:, None])[:, 0] - scores.logsumexp(-1)
+
+
 @torch.inference_mode()
 def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
-                  should_stop: Callable[[int, list[int]], bool] | None = None) -> Iterator[tuple[int, list[int], str]]:
-    """(row index, completion token ids without the stop token, "stop" | "length") for each
-    prompt row, as each finishes. `should_stop(row, tokens so far)` can end a row early ("stop")."""
+                  should_stop: Callable[[int, list[int]], bool] | None = None) -> Iterator[DecodedRow]:
+    """A `DecodedRow` for each prompt row, as each finishes. `should_stop(row, tokens so far)` can
+    end a row early ("stop"); its tokens and logprobs are then those generated up to that step."""
     device = model.device
     shared = _shared_prefix_length(rows)
     prefix = DynamicCache()
@@ -41,7 +61,8 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
     mask = torch.zeros((len(rows), capacity), dtype=torch.long, device=device)
     starts = []  # first used column of each batch position
     layers: list[_PreallocatedLayer] = []
-    first_tokens = []
+    first_tokens: list[int] = []
+    first_logprobs: list[float] = []
     for first in range(0, len(rows), PREFILL_GROUP):
         group = range(first, min(first + PREFILL_GROUP, len(rows)))
         suffixes = [rows[in_batch[position]][shared:] for position in group]
@@ -61,7 +82,9 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
             position_ids=(group_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits
-        first_tokens += logits[:, -1].argmax(-1).tolist()
+        chosen, chosen_logprobs = _choose(logits)
+        first_tokens += chosen.tolist()
+        first_logprobs += chosen_logprobs.tolist()
         if not layers:  # the first group shows the cache's shapes and dtype
             layers = [_PreallocatedLayer.allocate(layer, len(rows), capacity) for layer in cache.layers]
             for layer, filled in zip(layers, cache.layers):
@@ -75,10 +98,12 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
     cache = Cache(layers=layers)
     positions = torch.tensor([[len(rows[row])] for row in in_batch], device=device)
     tokens = torch.tensor(first_tokens, device=device)
+    step_logprobs = first_logprobs
     outputs: list[list[int]] = [[] for _ in rows]
+    logprobs: list[list[float]] = [[] for _ in rows]
     reasons: list[str | None] = [None] * len(rows)
     for _ in range(limit):
-        for position, token in enumerate(tokens.tolist()):
+        for position, (token, logprob) in enumerate(zip(tokens.tolist(), step_logprobs)):
             row = in_batch[position]
             if reasons[row] is not None:
                 continue
@@ -86,12 +111,13 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
                 reasons[row] = "stop"
             else:
                 outputs[row].append(token)
+                logprobs[row].append(logprob)
                 if should_stop is not None and should_stop(row, outputs[row]):
                     reasons[row] = "stop"
                 elif len(outputs[row]) == limit:
                     reasons[row] = "length"
             if reasons[row] is not None:
-                yield row, outputs[row], reasons[row]
+                yield DecodedRow(row, outputs[row], logprobs[row], reasons[row])
         live = [position for position, row in enumerate(in_batch) if reasons[row] is None]
         if not live:
             break
@@ -112,7 +138,8 @@ def greedy_decode(model, rows: list[list[int]], limit: int, stop_ids: set[int],
             input_ids=tokens[:, None], attention_mask=mask[:, : length + 1], position_ids=positions,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits
-        tokens = logits[:, -1].argmax(-1)
+        tokens, chosen_logprobs = _choose(logits)
+        step_logprobs = chosen_logprobs.tolist()
         positions = positions + 1
 
 

@@ -36,6 +36,10 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn), "length" (hit max_new_tokens) or "abandoned" (its caller left)
+    # The completion's token ids (no stop token) and each one's log-probability (`decoder.DecodedRow`);
+    # a row ended by a stop string has every token generated, the stop string's included.
+    tokens: tuple[int, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
 
 
 class LocalModel:
@@ -135,9 +139,26 @@ class LocalModel:
         should_stop = self._stop_check(stop or [[] for _ in prompts], abandoned, given_up) if checked else None
         with self._using(adapter):
             decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids, should_stop)
-            for index, tokens, reason in decoded:
+            for index, tokens, logprobs, reason in decoded:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                yield index, Generation(text, len(rows[index]), len(tokens), "abandoned" if index in given_up else reason)
+                yield index, Generation(text, len(rows[index]), len(tokens), "abandoned" if index in given_up else reason,
+                                        tuple(tokens), tuple(logprobs))
+
+    def token_texts(self, tokens: list[int] | tuple[int, ...]) -> list[str]:
+        """The text each token adds to the decoded completion: joined, exactly `generate`'s text.
+        A token that ends inside a multi-byte character adds nothing; the token that completes the
+        character adds all of it (tokenizers decode an incomplete character as U+FFFD). Special
+        tokens, skipped in the text, add nothing. Quadratic in the length: for logprobs only."""
+        texts: list[str] = []
+        committed = ""
+        for end in range(1, len(tokens) + 1):
+            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            stable = text if end == len(tokens) else text.rstrip("\ufffd")
+            if not stable.startswith(committed):  # a tokenizer that rewrites earlier text (clean-up rules)
+                return [self.tokenizer.decode([token], skip_special_tokens=True) for token in tokens]
+            texts.append(stable[len(committed):])
+            committed = stable
+        return texts
 
     def _stop_check(self, stop: list[list[str]], abandoned: list[Callable[[], bool]] | None,
                     given_up: set[int]) -> Callable[[int, list[int]], bool]:
@@ -197,7 +218,8 @@ class LocalModel:
             started = time.perf_counter()
             for position, generation in self.stream([prompts[i] for i in chunk], adapter):
                 yield Completion(chunk[position], generation.text, None, time.perf_counter() - started,
-                                 self.model_path.name, generation.prompt_tokens, generation.completion_tokens)
+                                 self.model_path.name, generation.prompt_tokens, generation.completion_tokens,
+                                 generation.token_logprobs)
 
 
 def local_identity(model_path: Path, quantization: str | None) -> str:

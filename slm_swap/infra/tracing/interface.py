@@ -48,8 +48,8 @@ class Tracer:
     """Opens runs; this base (`NullTracer`) records nothing."""
 
     @contextlib.contextmanager
-    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Iterator[Run]:
-        """One trace; an exception inside marks it as an error and is re-raised."""
+    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any], tags: Sequence[str] = ()) -> Iterator[Run]:
+        """One trace (`tags` on it, for filtering); an exception inside marks it as an error and is re-raised."""
         yield NullRun()
 
     def flush(self) -> bool:

@@ -9,7 +9,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from langfuse import Evaluation, propagate_attributes
@@ -138,14 +138,14 @@ class LangfuseTracer(Tracer):
         self._notes.append(" ".join(MASK.text(text).split())[:300])
 
     @contextlib.contextmanager
-    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any]) -> Iterator[Run]:
+    def run(self, name: str, *, input: dict[str, Any], metadata: dict[str, Any], tags: Sequence[str] = ()) -> Iterator[Run]:
         stack = contextlib.ExitStack()
         try:  # from an empty OpenTelemetry context: a trace of its own, even inside another run
             stack.callback(otel_context.detach, otel_context.attach(otel_context.Context()))
             root = stack.enter_context(self._client.start_as_current_observation(name=name, input=input, metadata=metadata))
             short = {k: v for k, v in MASK(data=metadata).items() if isinstance(v, (str, int, float, bool))
                      and v != REDACTED and len(json.dumps(v)) <= 200}  # the SDK drops longer trace metadata
-            stack.enter_context(propagate_attributes(trace_name=name, metadata=short or None))
+            stack.enter_context(propagate_attributes(trace_name=name, metadata=short or None, tags=list(tags) or None))
             run: Run = _LangfuseRun(self, root, stack, metadata)
         except Exception as exc:
             with contextlib.suppress(Exception):
