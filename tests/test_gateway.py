@@ -375,3 +375,25 @@ def test_no_log_content_keeps_only_the_metadata(tmp_path, examples):
     assert served["slm"]["usage"] and not served["slm"]["failed"] and "output" not in served["slm"]
     text = records.read_text()
     assert HOSTED_TEXT not in text and examples[0].name not in text and "tool_call" not in text
+
+
+def test_an_azure_hosted_model_gets_its_deployment_route(tmp_path, examples):
+    """The hosted side as `eval` builds it for Azure (`AzureOpenAI` with a deployment): a fallback goes to
+    the deployment's route with the api-version, keyed with `api-key`."""
+    with OpenAIStub(respond=lambda messages: HOSTED_TEXT) as hosted, ScriptedTeacher(examples, {examples[1].id: "broken"}) as teacher:
+        azure = openai.AzureOpenAI(azure_endpoint=hosted.url, azure_deployment="gpt-dep", api_key=HOSTED_KEY,
+                                   api_version="2024-02-15-preview", max_retries=0)
+        app = create_gateway_app(Upstream(azure, "gpt-dep"),
+                                 SlmEngine(openai.OpenAI(base_url=teacher.url, api_key="k", max_retries=0),
+                                           {"structured": "structured", "toolcall": "toolcall"}),
+                                 tmp_path / "r.jsonl", lambda text: scrub_secrets(text, [HOSTED_KEY]))
+        gateway = Gateway(app)
+        try:
+            headers, answer = ask_tools(gateway, examples[1])
+        finally:
+            gateway.close()
+    assert headers["x-slm-swap-route"] == "hosted-fallback" and answer.choices[0].message.content == HOSTED_TEXT
+    [request] = hosted.requests
+    assert request["path"] == "/openai/deployments/gpt-dep/chat/completions"
+    assert request["query"]["api-version"] == ["2024-02-15-preview"] and request["headers"]["api-key"] == HOSTED_KEY
+    assert request["body"]["tools"] == tools_of(examples[1])

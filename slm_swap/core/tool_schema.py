@@ -32,6 +32,8 @@ Deliberate choices, each where a validator must pick:
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -99,6 +101,7 @@ _STRICT_INTEGERS = Draft202012Validator.TYPE_CHECKER.redefine(
 _Validator = validators.extend(Draft202012Validator, type_checker=_STRICT_INTEGERS)
 
 _REASON_MAX_CHARS = 200
+_CACHED_SCHEMA_MAX_CHARS = 64 * 1024
 _DEFAULT_ACCEPTED = "slm-swap: the parameter's own default is accepted too"
 
 
@@ -132,12 +135,21 @@ def check_call(name: Any, arguments: Any, functions: Iterable[dict[str, Any]]) -
         return f"no function named {name!r} among the request's tools"
     if not isinstance(arguments, dict):
         return f"arguments must be a JSON object, got {_json_type(arguments)}"
-    validator = _Validator(to_json_schema(function.get("parameters")), registry=referencing.Registry())
+    key = json.dumps(function.get("parameters"), sort_keys=True)
+    validator = _validator(key) if len(key) <= _CACHED_SCHEMA_MAX_CHARS else _validator.__wrapped__(key)
     try:
         error = best_match(validator.iter_errors(arguments))
     except referencing.exceptions.Unresolvable as exc:
         raise ValueError(f"the parameters schema of {name!r} has an unresolvable $ref: {exc}") from None
     return None if error is None else _reason(error)
+
+
+@functools.lru_cache(maxsize=1024)
+def _validator(parameters_json: str) -> Any:
+    """The validator of one `parameters` schema, checked once: an application sends the same tools on
+    every request, and checking a schema against the meta-schema took a quarter of the gateway's time.
+    Schemas past `_CACHED_SCHEMA_MAX_CHARS` are not kept, so the cache stays within ~64 MiB."""
+    return _Validator(to_json_schema(json.loads(parameters_json)), registry=referencing.Registry())
 
 
 def check_structured(value: Any, functions: Iterable[dict[str, Any]]) -> str | None:
