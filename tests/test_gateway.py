@@ -110,6 +110,9 @@ def test_a_correct_slm_call_is_served_as_tool_calls(world, examples):
     assert hosted.requests == []  # the hosted model was not called
     [record] = read_records(records)
     assert (record["track"], record["route"], record["verdict"], record["slm"]["model"]) == ("toolcall", "slm", "valid", "toolcall")
+    # What the SLM was asked, for the flywheel's rows: the user's text and the request's tools.
+    assert record["request"]["user_text"] == examples[0].request and record["request"]["answer_as"] == "tool_calls"
+    assert [f["name"] for f in record["request"]["functions"]] == [f["name"] for f in examples[0].functions]
 
 
 def test_a_valid_but_wrong_call_is_served(world, examples):
@@ -375,6 +378,7 @@ def test_no_log_content_keeps_only_the_metadata(tmp_path, examples):
     assert served["slm"]["usage"] and not served["slm"]["failed"] and "output" not in served["slm"]
     text = records.read_text()
     assert HOSTED_TEXT not in text and examples[0].name not in text and "tool_call" not in text
+    assert examples[0].request not in text and "request" not in served
 
 
 def test_an_azure_hosted_model_gets_its_deployment_route(tmp_path, examples):

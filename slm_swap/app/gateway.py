@@ -334,7 +334,10 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             return await respond_hosted(body, record, started, stream)
 
         mode = modes.get(decision.track, "route")
-        record.update(track=decision.track, mode=mode)
+        # What the SLM is asked (the capture shim's input): with the hosted answer, a training row.
+        record.update(track=decision.track, mode=mode, request={
+            "user_text": decision.user_text, "functions": list(decision.functions), "answer_as": decision.answer_as,
+            "forced_name": decision.forced_name})
         max_tokens = chat_request.max_completion_tokens or chat_request.max_tokens or SLM_DEFAULT_MAX_TOKENS
         if mode == "hosted":
             record["reason"] = "mode_hosted"

@@ -39,7 +39,7 @@ class RecordsFile:
 def metadata_only(record: dict[str, Any]) -> dict[str, Any]:
     """A record without anything a request or an answer said: no model output or error text, reasons
     as their codes (an invalid answer's reason quotes its values, a detail the request's fields)."""
-    kept = dict(record)
+    kept = {key: value for key, value in record.items() if key != "request"}  # the user's text and tools
     for side in ("slm", "hosted"):
         if isinstance(kept.get(side), dict):
             kept[side] = {key: value for key, value in kept[side].items() if key not in ("output", "error")}
