@@ -43,7 +43,8 @@ import httpx
 import openai
 import uvicorn
 
-from slm_swap.app.gateway import SlmEngine, Upstream, create_gateway_app, load_policies
+from slm_swap.app.gateway import SlmEngine, Upstream, create_gateway_app
+from slm_swap.app.gateway_command import load_policies
 from slm_swap.app.gateway_engine import start_in_process_engine, track_adapters
 from slm_swap.app.gateway_requests import Swappable, classify
 from slm_swap.app.gateway_stand_in import ToolCallingTeacher

@@ -99,7 +99,8 @@ def test_the_gateway_command_loads_the_slm_in_process(tiny_model_dir, tiny_adapt
     adapters.mkdir()
     (adapters / "adapter_toolcall").symlink_to(tiny_adapter_dir, target_is_directory=True)
     (first, second), output = run_gateway_command(
-        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(adapters)])
+        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(adapters),
+                       "--registry", str(tmp_path / "registry.json")])
     assert "in process" in output and "structured=base" in output and "toolcall=toolcall" in output
     assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")
     assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the in-process model answered

@@ -15,7 +15,8 @@ from openai_stub import OpenAIStub
 from test_gateway import FIXTURE, HOSTED_KEY, HOSTED_TEXT, Gateway, ask_tools, read_records
 
 from slm_swap.app.cli import main
-from slm_swap.app.gateway import SlmEngine, Upstream, create_gateway_app, load_policies
+from slm_swap.app.gateway import SlmEngine, Upstream, create_gateway_app
+from slm_swap.app.gateway_command import load_policies
 from slm_swap.core.tracks import get_track
 from slm_swap.data.xlam import load_xlam
 from slm_swap.evaluation.calibrate import ThresholdChoice, policy_document

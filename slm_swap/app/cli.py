@@ -13,7 +13,8 @@
     slm-swap train --track agent && slm-swap eval --track agent --model-kind slm --adapter slm_swap/04_ft/adapter_agent
     slm-swap distill                           # all of Phase II as the Prefect flow slm-swap-distill
 
-Exit codes: 0 ok; 2 bad input or settings (one line on stderr); 10 `compare` says FINE_TUNE=1.
+Exit codes: 0 ok; 2 bad input or settings (one line on stderr); 10 `compare` says FINE_TUNE=1
+(or `gateway promote` refuses).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pydantic import BaseModel
 from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
-                                   FinetuneRequest, GatewayCalibrateRequest, GatewayRequest, InferRequest, PrepareRequest,
-                                   PromptsExportRequest, ServeRequest)
+                                   FinetuneRequest, GatewayCalibrateRequest, GatewayPromoteRequest, GatewayRequest,
+                                   InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
 from slm_swap.core.prompts import TRACKS
 from slm_swap.infra.config import MIN_SECRET_CHARS, load_settings
 from slm_swap.infra.errors import SlmSwapError
@@ -107,7 +108,7 @@ def cmd_serve(request: ServeRequest) -> int:
 
 def cmd_gateway(request: GatewayRequest) -> int:
     from slm_swap.app.calibration import default_policy_path
-    from slm_swap.app.gateway import parse_slm_models, run_gateway
+    from slm_swap.app.gateway_command import parse_slm_models, run_gateway
     from slm_swap.app.gateway_shadow import parse_modes
 
     settings = load_settings()
@@ -115,7 +116,8 @@ def cmd_gateway(request: GatewayRequest) -> int:
     run_gateway(settings, request.host, request.port, Path(request.records), parse_slm_models(request.slm_model, TRACKS),
                 api_key=key.get_secret_value() if key else None, log_content=not request.no_log_content,
                 modes=parse_modes(request.mode, TRACKS), model_path=request.model_path, adapters_dir=request.adapters_dir,
-                policy_paths=request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()])
+                policy_paths=request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()],
+                registry_path=request.registry)
     return 0
 
 
@@ -124,6 +126,16 @@ def cmd_gateway_calibrate(request: GatewayCalibrateRequest) -> int:
 
     print(describe(calibrate(load_settings(), request)))
     return 0
+
+
+def cmd_gateway_promote(request: GatewayPromoteRequest) -> int:
+    from slm_swap.app.promotion import describe, promote
+    from slm_swap.core.promotion import PROMOTION_REFUSED_EXIT
+
+    outcome = promote(track=request.track, adapter=request.adapter, metrics=request.metrics, against=request.against,
+                      delta=request.delta, force=request.force, registry_path=request.registry)
+    print(describe(outcome))
+    return 0 if outcome.entry else PROMOTION_REFUSED_EXIT
 
 
 def cmd_train(request: FinetuneRequest) -> int:
@@ -261,6 +273,12 @@ COMMANDS: list[tuple[str, type[BaseModel], Callable[[Any], int], str, str | None
      "whether it is right (BFCL's AST match where there are possible answers, else exact). The threshold with the "
      "most coverage whose accepted answers reach the target accuracy goes into the policy file the gateway reads; "
      "the risk-coverage chart goes beside it."),
+    ("gateway promote", GatewayPromoteRequest, cmd_gateway_promote,
+     "make an adapter the one the gateway serves for a track, through the promotion gate; exits 0 promoted, 10 refused",
+     "Record an adapter as the track's promoted one in the registry the gateway follows (it switches without a "
+     "restart), forward or back. The gate is the flywheel's: on the same test set, the adapter's metrics (--metrics) "
+     "must be better than the promoted adapter's (--against) on at least one core metric and worse by no more than "
+     "--delta on any, decided exactly on pass counts. --force promotes anyway and records it as forced."),
     ("train", FinetuneRequest, cmd_train, "fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train", None),
     ("compare", CompareRequest, cmd_compare, "decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10", None),
     ("capture", CaptureRequest, cmd_capture,
@@ -303,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         group, _, action = name.partition(" ")
         if action:
             if group in parsers and group not in groups:  # a command with actions too: `gateway`, `gateway calibrate`
-                parsers[group].usage = "%(prog)s [options]\n       %(prog)s ACTION [options]"  # argparse would show ACTION as required
                 groups[group] = parsers[group].add_subparsers(metavar="ACTION", help="or, instead of running the command:")
+                # After add_subparsers, which would take it into the actions' own usage lines.
+                parsers[group].usage = "%(prog)s [options]\n       %(prog)s ACTION [options]"  # argparse would show ACTION as required
             elif group not in groups:
                 groups[group] = commands.add_parser(group, help=GROUPS[group]).add_subparsers(
                     dest=f"{group}_command", required=True, metavar="ACTION")

@@ -16,7 +16,7 @@ whole before anything is sent), a valid answer goes out as OpenAI's SSE chunks, 
 stream through from the hosted model.
 Modes per track (`gateway_shadow`): route (above), shadow (the hosted model answers; the SLM's answer is
 recorded off the response path with its verdict and whether it agrees), hosted (pass-through).
-Every request appends one JSON line to the records file (see `RecordsFile`).
+Every request appends one JSON line to the records file (`gateway_records`); the command: `gateway_command`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,19 +55,17 @@ from slm_swap.app.gateway_requests import (
 from slm_swap.app.gateway_records import RecordsFile, metadata_only
 from slm_swap.app.gateway_shadow import agrees, hosted_answer
 from slm_swap.app.gateway_tracing import trace_request
-from slm_swap.app.http_server import RequireApiKey, is_loopback, listening_socket, openai_error
+from slm_swap.app.http_server import RequireApiKey, openai_error
 from slm_swap.app.request_body import BodyTooLarge, read_body
 from slm_swap.core.tool_schema import check_call, check_structured
-from slm_swap.evaluation.calibrate import Policy, load_policy, openai_confidence
+from slm_swap.evaluation.calibrate import Policy, openai_confidence
 from slm_swap.core.tracks import parse_structured, parse_toolcall
 from slm_swap.infra import json_input
-from slm_swap.infra.config import Settings
-from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.json_input import BODY_MAX_BYTES, JsonInputError
 from slm_swap.infra.recordable import recordable
-from slm_swap.infra.tracing import NullTracer, Tracer, open_tracer
+from slm_swap.infra.tracing import NullTracer, Tracer
 from slm_swap.llm.chat_api import ChatRequest, invalid_request
-from slm_swap.llm.hosted import HostedClient, check_url, describe_api_error
+from slm_swap.llm.hosted import describe_api_error
 
 SLM_DEFAULT_MAX_TOKENS = 256
 # Shadow answers run on their own threads, so they never hold up the response path; past this many
@@ -172,18 +170,18 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         return hosted.client.chat.completions.create(model=hosted.model, messages=body["messages"], stream=True,
                                                      extra_body=rest)
 
-    def slm_call(decision: Swappable, max_tokens: int) -> ChatCompletion:
+    def slm_call(decision: Swappable, model_name: str, max_tokens: int) -> ChatCompletion:
         # logprobs: the answer's confidence, for the gate and the records (`serve` and vLLM return them).
-        sent = {"model": slm.models[decision.track], "messages": slm_messages(decision), "temperature": 0,
+        sent = {"model": model_name, "messages": slm_messages(decision), "temperature": 0,
                 "max_tokens": max_tokens, "logprobs": True}
         return slm.client.post("/chat/completions", body=sent, cast_to=ChatCompletion)
 
     def ask_slm(decision: Swappable, max_tokens: int) -> SlmOutcome:
         """The SLM's answer, checked by the request's own validators (blocking: run it off the event loop)."""
-        model_name = slm.models[decision.track]
+        model_name = slm.models[decision.track]  # read once: a hot reload may switch the track meanwhile
         began = time.perf_counter()
         try:
-            completion = slm_call(decision, max_tokens)
+            completion = slm_call(decision, model_name, max_tokens)
         except openai.OpenAIError as exc:  # the engine down, refusing or timing out
             error = scrub(describe_api_error(exc))
             part = {"model": model_name, "error": error, "latency_s": round(time.perf_counter() - began, 4)}
@@ -360,7 +358,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             return await respond_hosted(body, record, started, stream)
         record.update(route="slm", verdict="valid")
         text, usage = outcome.text or "", outcome.usage
-        model = chat_request.model or slm.models[decision.track]
+        model = chat_request.model or outcome.part["model"]
         if decision.answer_as == "tool_calls":
             answer = tool_calls_response(text, model=model, usage=usage)
         else:
@@ -381,81 +379,3 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
         return await chat(request, deployment)
 
     return app
-
-
-def run_gateway(settings: Settings, host: str, port: int, records_path: Path, slm_models: Mapping[str, str],
-                api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True,
-                modes: Mapping[str, str] | None = None, model_path: Path | None = None,
-                adapters_dir: Path | None = None, policy_paths: Iterable[Path] = ()) -> None:
-    """Check the settings and bind the port (one line and no server when either fails), then serve
-    until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts). The SLM: the
-    engine at SLM_BASE_URL (models per track: `slm_models`), else loaded in this process
-    (`gateway_engine`: `model_path`, and the tracks' adapters found in `adapters_dir`)."""
-    import uvicorn
-
-    from slm_swap.app.gateway_engine import start_in_process_engine, track_adapters
-
-    slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL") if settings.slm_base_url else None
-    hosted_client = HostedClient(settings)  # refuses at once without hosted settings
-    policies = load_policies(policy_paths, slm_models)
-    tracer = open_tracer(settings)  # refuses at once without Langfuse settings (LANGFUSE_DISABLED=1: none)
-    adapters = {} if slm_url else track_adapters(adapters_dir, slm_models)
-    sock = listening_socket(host, port)
-    engine = None
-    try:
-        if not is_loopback(host) and not api_key:
-            print(f"warning: gateway on {host} without SLM_SWAP_GATEWAY_API_KEY: anyone who can reach this port can "
-                  "use the hosted model through it")
-        if slm_url:
-            slm_key = settings.slm_api_key.get_secret_value() if settings.slm_api_key else "unused"
-            models, described = dict(slm_models), slm_url
-        else:
-            print(f"loading the SLM {model_path or settings.slm_model_path} in process ...", flush=True)
-            engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models)
-            slm_url, slm_key, models, described = engine.url, engine.api_key, engine.models, engine.identity
-        # One retry at most: a slow or down engine should hand over to the hosted model quickly.
-        slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
-        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, models),
-                                 records_path, settings.scrub, api_key=api_key, log_content=log_content, modes=modes,
-                                 tracer=tracer, policies=policies)
-        bound_port = sock.getsockname()[1]
-        url_host = f"[{host}]" if ":" in host else host
-        print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}; SLM {described} "
-              f"({', '.join(f'{track}={name}' for track, name in models.items())}); modes "
-              f"{', '.join(f'{track}={mode}' for track, mode in (modes or {}).items()) or 'route'}; "
-              f"confidence gate: {', '.join(f'{t}>={p.threshold} ({p.path})' for t, p in policies.items()) or 'none'}; "
-              f"records {records_path}", flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        if engine is not None:
-            engine.stop()
-        tracer.flush()
-    if not server.started:
-        raise SlmSwapError(f"the gateway on {host}:{bound_port} did not start")
-
-
-def load_policies(paths: Iterable[Path], tracks: Iterable[str]) -> dict[str, Policy]:
-    """The confidence gate per track from `gateway calibrate`'s policy files (one line naming a bad one)."""
-    policies: dict[str, Policy] = {}
-    for path in paths:
-        policy = load_policy(Path(path))
-        if policy.track not in set(tracks):
-            raise SlmSwapError(f"--policy {path}: its track {policy.track!r} is not one the gateway serves")
-        if policy.track in policies:
-            raise SlmSwapError(f"--policy {path}: a second policy for track {policy.track!r} "
-                               f"(the first: {policies[policy.track].path})")
-        policies[policy.track] = policy
-    return policies
-
-
-def parse_slm_models(specs: list[str], tracks: Iterable[str]) -> dict[str, str]:
-    """--slm-model TRACK=NAME over the default: each track served by the engine's model of its own name."""
-    models = {track: track for track in tracks}
-    for spec in specs:
-        track, sep, name = spec.partition("=")
-        if not sep or not name or track not in models:
-            raise SlmSwapError(f"--slm-model {spec!r}: expected TRACK=NAME with TRACK one of {', '.join(models)}")
-        models[track] = name
-    return models

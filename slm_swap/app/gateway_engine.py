@@ -22,6 +22,7 @@ from slm_swap.llm.local import LocalModel, check_adapter
 
 BASE_MODEL_NAME = "base"  # the name the base model answers to, for a track without an adapter
 _START_TIMEOUT_S = 30.0
+_LOAD_TIMEOUT_S = 600.0  # an adapter load waits for the batch being decoded, then loads
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class InProcessEngine:
     models: dict[str, str]  # track -> the model name that serves it (its adapter, else the base model)
     identity: str
     stop: Callable[[], None]
+    add_adapter: Callable[[str, Path], None]  # load one more adapter under a name, between batches (blocks until loaded)
 
 
 def track_adapters(adapters_dir: Path | None, tracks: Iterable[str]) -> dict[str, Path]:
@@ -70,7 +72,11 @@ def start_in_process_engine(model_path: Path, adapters: dict[str, Path], tracks:
         thread.join(_START_TIMEOUT_S)
         sock.close()
 
+    def add_adapter(name: str, path: Path) -> None:
+        check_adapter(Path(path))
+        app.state.worker.call(lambda: model.add_adapter(name, Path(path))).result(timeout=_LOAD_TIMEOUT_S)
+
     models = {track: (track if track in adapters else BASE_MODEL_NAME) for track in tracks}
     described = ", ".join(f"{track}={path}" for track, path in adapters.items()) or "no adapter"
     return InProcessEngine(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key, models,
-                           f"{model.identity} in process ({described})", stop)
+                           f"{model.identity} in process ({described})", stop, add_adapter)

@@ -30,7 +30,9 @@ class RecordsFile:
                   file=sys.stderr)
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record if self.log_content else metadata_only(record), ensure_ascii=False, sort_keys=True) + "\n"
+        # Keys in the order given, not sorted: the flywheel rebuilds the SLM's prompt from the recorded
+        # tools, and a tool's JSON in a different key order would be another prompt than the one served.
+        line = json.dumps(record if self.log_content else metadata_only(record), ensure_ascii=False) + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as out:
             out.write(line)
             out.flush()

@@ -17,6 +17,7 @@ from pydantic import model_validator
 
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
 from slm_swap.core.tracks import get_track
+from slm_swap.evaluation.registry import DEFAULT_REGISTRY
 from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
                                    DEFAULT_GATEWAY_RECORDS, DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
@@ -165,6 +166,9 @@ class GatewayRequest(Request):
                                  "validators; shadow: the hosted model answers, the SLM's answer is only recorded "
                                  "and compared; hosted: pass-through. MODE sets every track, TRACK=MODE one "
                                  "(repeatable; default route)", repeat=True, metavar="[TRACK=]MODE")
+    registry: Path = option(DEFAULT_REGISTRY, "the promoted adapters per track (`slm-swap gateway promote`, the "
+                                              "flywheel); the in-process SLM serves them and follows each new "
+                                              "promotion without a restart")
     policy: list[Path] = option([], "a track's confidence gate, from `slm-swap gateway calibrate` (repeatable; default: "
                                     f"the {DEFAULT_GATEWAY_RECORDS.parent}/policy_<track>.json files that exist)",
                                 repeat=True, metavar="FILE")
@@ -186,6 +190,22 @@ class GatewayCalibrateRequest(Request):
     limit: int | None = option(None, "first N examples only")
     batch_size: int = option(EVAL_BATCH_SIZE, "prompts decoded together; lower it if memory runs out")
     load_in_4bit: bool | None = load_in_4bit_option()
+
+
+class GatewayPromoteRequest(Request):
+    """`slm-swap gateway promote`: the adapter a track's gateway serves, through the promotion gate."""
+
+    track: RowTrack = option(..., "")
+    adapter: Path = option(..., "adapter folder to promote (trained by slm-swap for --track: its manifest, config, weights)")
+    metrics: Path | None = option(None, "the adapter's metrics file, from `slm-swap eval --model-kind slm --adapter "
+                                         "DIR` on the test set (needed unless --force)")
+    against: Path | None = option(None, "the promoted adapter's metrics on the same test set (default: those kept in "
+                                        "the registry, when measured there); before any promotion, the base SLM's "
+                                        "(none: the adapter is promoted as the first)")
+    delta: str = option("0.01", "largest loss tolerated on a core metric, as a decimal; promoted only when better on "
+                                "one and not worse by more than delta on any, decided exactly on pass counts")
+    force: bool = option(False, "promote whatever the gate says (or without --metrics); recorded as forced")
+    registry: Path = option(DEFAULT_REGISTRY, "the registry of promoted adapters the gateway follows")
 
 
 class FinetuneRequest(TrainOptions):

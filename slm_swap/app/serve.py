@@ -118,12 +118,17 @@ def create_app(
         worker.stop()
 
     app = FastAPI(title="slm-swap serve", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.worker = worker  # the gateway's in-process engine loads promoted adapters through it
 
     @app.exception_handler(StarletteHTTPException)
     async def _openai_shaped(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405, ...
         return _error(exc.status_code, str(exc.detail), "invalid_request_error")
 
-    served = {model_name: BASE, **{name: name for name in model.adapters}}
+    def served() -> dict[str, str | None]:
+        # Read per request: an adapter the worker loads later (`app.state.worker.call`, the gateway's
+        # hot reload) is served from then on; its name appears only once it is fully loaded.
+        return {model_name: BASE, **{name: name for name in list(model.adapters)}}
+
     created = int(time.time())
 
     if api_key:
@@ -133,7 +138,7 @@ def create_app(
     async def list_models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": name, "object": "model", "created": created, "owned_by": "slm-swap"} for name in served],
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "slm-swap"} for name in served()],
         }
 
     async def chat(request: Request, name: str | None) -> JSONResponse:
@@ -153,8 +158,9 @@ def create_app(
         name = name or chat_request.model
         if not name:
             return _error(400, "Missing required parameter: 'model'.", "invalid_request_error", param="model")
-        if name not in served:
-            return _error(404, f"The model '{name}' does not exist. Served: {', '.join(served)}.", "invalid_request_error", "model_not_found", "model")
+        models = served()
+        if name not in models:
+            return _error(404, f"The model '{name}' does not exist. Served: {', '.join(models)}.", "invalid_request_error", "model_not_found", "model")
         if chat_request.stream or chat_request.n != 1:
             return _error(400, "Only n=1 without streaming is supported.", "invalid_request_error", param="stream" if chat_request.stream else "n")
         if not chat_request.messages:
@@ -175,7 +181,7 @@ def create_app(
             return _error(400, f"Invalid messages for this model's chat template: {exc}", "invalid_request_error", param="messages")
         if problem:
             return _error(400, problem, "invalid_request_error", "context_length_exceeded", "messages")
-        job = Job(messages, served[name], max_tokens, chat_request.stop_sequences())
+        job = Job(messages, models[name], max_tokens, chat_request.stop_sequences())
         waiting = asyncio.wrap_future(worker.submit(job))
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from slm_swap.llm.local import LocalModel
 
@@ -43,8 +45,17 @@ class Job:
         self.future.cancel()
 
 
+@dataclass
+class _Call:
+    """Work on the model itself (loading an adapter), run by the worker between two batches."""
+
+    fn: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+
 class ModelWorker:
-    """The only thread that touches the model: takes queued jobs, batches compatible ones."""
+    """The only thread that touches the model: takes queued jobs, batches compatible ones, and runs
+    `call`s between batches."""
 
     def __init__(self, model: LocalModel, batch_size: int, gather_s: float = 0.0):
         """`gather_s`: how long a batch short of `batch_size` waits for more jobs before it runs (0: it
@@ -53,13 +64,20 @@ class ModelWorker:
         self.model = model
         self.batch_size = batch_size
         self.gather_s = gather_s
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.jobs: queue.Queue[Job | _Call | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="slm-worker", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> Future:
         self.jobs.put(job)
         return job.future
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the worker thread before the next batch starts (never during one): how a
+        served model gains an adapter while requests keep coming. Its result or exception in the future."""
+        call = _Call(fn)
+        self.jobs.put(call)
+        return call.future
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -87,6 +105,8 @@ class ModelWorker:
                     break
                 if job is None:
                     stopping = True
+                elif isinstance(job, _Call):
+                    self._run_call(job)
                 else:
                     pending.append(job)
             # Callers that hung up (client timeout) abandoned their jobs: they take no batch slot.
@@ -101,6 +121,15 @@ class ModelWorker:
                 (batch if same and len(batch) < self.batch_size else rest).append(job)
             pending = rest
             self._generate(batch)
+
+    @staticmethod
+    def _run_call(call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn())
+        except Exception as exc:  # the caller gets it; the worker lives on
+            call.future.set_exception(exc)
 
     def _generate(self, batch: list[Job]) -> None:
         # Callers that hung up (client timeout) abandoned their jobs: don't spend the CPU on them.
