@@ -31,8 +31,8 @@ from pydantic import BaseModel
 from slm_swap.infra.cli_options import add_options, parse_request
 from slm_swap.app.flow_configs import DistillConfig, PipelineConfig
 from slm_swap.app.requests import (BuildRequest, CaptureRequest, CompareRequest, EvalRequest, FetchRequest, FilterRequest,
-                                   FinetuneRequest, GatewayCalibrateRequest, GatewayPromoteRequest, GatewayRequest,
-                                   InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
+                                   FinetuneRequest, FlywheelRequest, GatewayCalibrateRequest, GatewayPromoteRequest,
+                                   GatewayRequest, InferRequest, PrepareRequest, PromptsExportRequest, ServeRequest)
 from slm_swap.core.prompts import TRACKS
 from slm_swap.infra.config import MIN_SECRET_CHARS, load_settings
 from slm_swap.infra.errors import SlmSwapError
@@ -136,6 +136,14 @@ def cmd_gateway_promote(request: GatewayPromoteRequest) -> int:
                       delta=request.delta, force=request.force, registry_path=request.registry)
     print(describe(outcome))
     return 0 if outcome.entry else PROMOTION_REFUSED_EXIT
+
+
+def cmd_flywheel(request: FlywheelRequest) -> int:
+    from slm_swap.app.flywheel import run_round
+    from slm_swap.app.flywheel_report import round_line
+
+    print(round_line(run_round(load_settings(), request)))
+    return 0
 
 
 def cmd_train(request: FinetuneRequest) -> int:
@@ -279,6 +287,8 @@ COMMANDS: list[tuple[str, type[BaseModel], Callable[[Any], int], str, str | None
      "restart), forward or back. The gate is the flywheel's: on the same test set, the adapter's metrics (--metrics) "
      "must be better than the promoted adapter's (--against) on at least one core metric and worse by no more than "
      "--delta on any, decided exactly on pass counts. --force promotes anyway and records it as forced."),
+    ("flywheel", FlywheelRequest, cmd_flywheel,
+     "one flywheel round: the gateway's traffic -> a candidate adapter, promoted only when the gate says better", None),
     ("train", FinetuneRequest, cmd_train, "fine-tune a LoRA adapter: runs accelerate launch -m slm_swap.train", None),
     ("compare", CompareRequest, cmd_compare, "decide whether to fine-tune: prints FINE_TUNE=0|1, exits 0|10", None),
     ("capture", CaptureRequest, cmd_capture,
@@ -337,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands whose behaviour depends on the environment: they say at start what they resolved.
 COMMANDS_THAT_USE_SETTINGS = ("eval", "infer", "serve", "gateway", "train", "compare", "pipeline", "capture", "filter",
-                              "build", "distill")
+                              "build", "distill", "flywheel")
 
 
 def _log_settings() -> None:

@@ -23,7 +23,7 @@ from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAUL
                                    DEFAULT_GATEWAY_RECORDS, DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
-from slm_swap.train.options import Track, TrainOptions
+from slm_swap.train.options import ONE_EPOCH, STEP_CAP_HELP, StepCap, Track, TrainOptions
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
 RowTrack = Literal[tuple(ROW_TRACK_NAMES)]  # type: ignore[valid-type]
@@ -206,6 +206,29 @@ class GatewayPromoteRequest(Request):
                                 "one and not worse by more than delta on any, decided exactly on pass counts")
     force: bool = option(False, "promote whatever the gate says (or without --metrics); recorded as forced")
     registry: Path = option(DEFAULT_REGISTRY, "the registry of promoted adapters the gateway follows")
+
+
+class FlywheelRequest(Request):
+    """`slm-swap flywheel`: one round: the gateway's traffic since the last round becomes a candidate
+    adapter, promoted through the gate only when better (`slm_swap.app.flywheel`)."""
+
+    track: RowTrack = option(..., "")
+    max_steps: StepCap = option(ONE_EPOCH, "training: " + STEP_CAP_HELP)
+    records: Path = option(DEFAULT_GATEWAY_RECORDS, "the gateway's records file (its watermark is kept beside it)")
+    registry: Path = option(DEFAULT_REGISTRY, "the registry of promoted adapters the gateway follows")
+    policy: Path | None = option(None, "where the promoted adapter's calibrated policy is installed (default: "
+                                       "slm_swap/06_gateway/policy_<track>.json, what the gateway reads)")
+    data_dir: Path = option(DEFAULT_DATA_DIR, "the main job's rows (<data-dir>/<track>/{train,val}.jsonl); the "
+                                              "traffic rows go to <data-dir>/flywheel/<track>/")
+    flywheel_dir: Path = option(DEFAULT_FT_DIR / "flywheel", "rounds go to <flywheel-dir>/<track>/round-<n>/")
+    delta: str = option("0.01", "promotion gate: largest loss tolerated on a core metric, decided on pass counts")
+    heldout_per_round: int = option(8, "held-out traffic rows drawn per round at most", ge=0)
+    min_new_rows: int = option(1, "fewer new traffic rows than this: nothing to do", ge=1)
+    accelerate_config: Path | None = option(None, ACCELERATE_CONFIG_HELP)
+    concurrency: int = concurrency_option(ge=1)
+    timeout_s: float = timeout_option(gt=0)
+    batch_size: int = option(EVAL_BATCH_SIZE, "SLM: prompts decoded together", ge=1)
+    load_in_4bit: bool | None = load_in_4bit_option()
 
 
 class FinetuneRequest(TrainOptions):
