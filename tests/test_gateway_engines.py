@@ -51,7 +51,8 @@ def run_gateway_command(tmp_path: Path, env_extra: dict[str, str], args: list[st
             if key not in env_extra:
                 env.pop(key, None)
         gateway = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", str(port),
-                                    "--records", str(records), *args], env=env, stdout=subprocess.PIPE,
+                                    "--records", str(records), "--no-policy", "--registry", str(tmp_path / "registry.json"),
+                                    *args], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}/v1"
@@ -99,8 +100,7 @@ def test_the_gateway_command_loads_the_slm_in_process(tiny_model_dir, tiny_adapt
     adapters.mkdir()
     (adapters / "adapter_toolcall").symlink_to(tiny_adapter_dir, target_is_directory=True)
     (first, second), output = run_gateway_command(
-        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(adapters),
-                       "--registry", str(tmp_path / "registry.json")])
+        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(adapters)])
     assert "in process" in output and "structured=base" in output and "toolcall=toolcall" in output
     assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")
     assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the in-process model answered

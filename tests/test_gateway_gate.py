@@ -115,3 +115,9 @@ def test_policies_are_checked_before_the_gateway_starts(tmp_path, capsys, monkey
     assert main(["gateway", "--port", "0", "--policy", str(broken)]) == 2
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slm-swap: error")]
     assert str(broken) in line
+
+
+def test_no_policy_and_a_policy_contradict(capsys):
+    assert main(["gateway", "--port", "0", "--no-policy", "--policy", "p.json"]) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slm-swap: error")]
+    assert "--no-policy and --policy" in line

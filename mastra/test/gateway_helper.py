@@ -93,7 +93,9 @@ def start_gateway(records: Path, slm_url: str, hosted_url: str, api_key: str) ->
     env = {key: value for key, value in os.environ.items() if not key.startswith("AZURE_")}
     env.update(LANGFUSE_DISABLED="1", SLM_BASE_URL=slm_url, HOSTED_BASE_URL=hosted_url, HOSTED_MODEL=HOSTED_MODEL,
                HOSTED_API_KEY=HOSTED_KEY, SLM_SWAP_GATEWAY_API_KEY=api_key)
-    process = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", "0", "--records", str(records)],
+    process = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", "0", "--records", str(records),
+                                # this test's gateway only: no policy or registry a dev tree may hold
+                                "--no-policy", "--registry", str(Path(records).with_name("registry.json"))],
                                cwd=records.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     url = None

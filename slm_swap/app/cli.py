@@ -111,12 +111,15 @@ def cmd_gateway(request: GatewayRequest) -> int:
     from slm_swap.app.gateway_command import parse_slm_models, run_gateway
     from slm_swap.app.gateway_shadow import parse_modes
 
+    if request.no_policy and request.policy:
+        raise SlmSwapError("--no-policy and --policy contradict each other: give one")
     settings = load_settings()
     key = settings.slm_swap_gateway_api_key  # from the environment only: argv is visible to `ps`
     run_gateway(settings, request.host, request.port, Path(request.records), parse_slm_models(request.slm_model, TRACKS),
                 api_key=key.get_secret_value() if key else None, log_content=not request.no_log_content,
                 modes=parse_modes(request.mode, TRACKS), model_path=request.model_path, adapters_dir=request.adapters_dir,
-                policy_paths=request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()],
+                policy_paths=[] if request.no_policy else (
+                    request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()]),
                 registry_path=request.registry)
     return 0
 

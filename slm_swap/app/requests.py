@@ -169,6 +169,7 @@ class GatewayRequest(Request):
     registry: Path = option(DEFAULT_REGISTRY, "the promoted adapters per track (`slm-swap gateway promote`, the "
                                               "flywheel); the in-process SLM serves them and follows each new "
                                               "promotion without a restart")
+    no_policy: bool = option(False, "no confidence gate, even where default policy files exist: the validators alone")
     policy: list[Path] = option([], "a track's confidence gate, from `slm-swap gateway calibrate` (repeatable; default: "
                                     f"the {DEFAULT_GATEWAY_RECORDS.parent}/policy_<track>.json files that exist)",
                                 repeat=True, metavar="FILE")
