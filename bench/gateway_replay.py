@@ -54,6 +54,7 @@ from slm_swap.core.compare import MetricRow, delta_text, parse_delta
 from slm_swap.core.prompts import build_messages
 from slm_swap.core.tracks import ROW_TRACKS, RowTrack, get_row_track
 from slm_swap.data.examples import Example
+from slm_swap.evaluation.registry import load_registry, promoted_adapter
 from slm_swap.evaluation.rows import load_split
 from slm_swap.infra import json_input
 from slm_swap.infra.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR, DEFAULT_GATEWAY_RECORDS, load_settings
@@ -199,9 +200,25 @@ def count(scored: list[dict[str, Any]], key: str) -> str:
     return f"{sum(bool(s[key]) for s in scored)}/{len(scored)}"
 
 
+@dataclass(frozen=True)
+class ReplayFigures:
+    """One track's replay in numbers (for `bench/flywheel_gain.py`): coverage and the accuracy `compare`
+    decides on (the last core metric), through the gateway, hosted alone and the SLM alone."""
+
+    track: str
+    n: int
+    coverage: int  # rows the SLM answered (x-slm-swap-route: slm)
+    accuracy_key: str
+    gateway: int
+    hosted_alone: int
+    slm_alone: int
+    within_delta: bool
+
+
 def replay_track(name: str, rows: list[ReplayRow], gateway: openai.OpenAI, hosted: Upstream, engine: EngineAnswers,
-                 records_path: Path, args: argparse.Namespace, delta: Fraction) -> bool:
-    """Replay one track's rows, print its figures; whether the gateway kept within --delta of hosted alone."""
+                 records_path: Path, args: argparse.Namespace, delta: Fraction) -> ReplayFigures:
+    """Replay one track's rows, print its figures; they come back, with whether the gateway kept within
+    --delta of hosted alone."""
     track = get_row_track(name)
     bodies = [row.app_body(name) for row in rows]
     began = time.perf_counter()
@@ -256,7 +273,10 @@ def replay_track(name: str, rows: list[ReplayRow], gateway: openai.OpenAI, hoste
     asked = Counter(text for text in slm_texts if text is not None)
     print(f"SLM answers: {sum(asked.values())}/{n} rows asked the evaluation's own prompt; records file holds "
           f"{len(records)} lines, the same SLM outputs: {'yes' if recorded == asked and len(records) == n else 'NO'}")
-    return not trailing
+    accuracy_key = track.core_metrics[-1].removesuffix("_rate")
+    correct = {column: sum(bool(s[accuracy_key]) for s in scored) for column, scored in columns.items()}
+    return ReplayFigures(name, n, routes["slm"], accuracy_key, correct["gateway"], correct["hosted alone"],
+                         correct["SLM alone"], not trailing)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -268,6 +288,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapters-dir", type=Path, default=DEFAULT_FT_DIR,
                         help="the main job's adapter_<track> folders (default: %(default)s)")
     parser.add_argument("--no-adapters", action="store_true", help="the base model answers every track")
+    parser.add_argument("--registry", type=Path, metavar="FILE",
+                        help="serve each track's adapter promoted in this registry (`slm-swap flywheel`'s) instead of "
+                             "--adapters-dir; a track with none: the base model")
     parser.add_argument("--hosted", choices=("stand-in", "real"), default="stand-in",
                         help="stand-in: the scripted teacher, NOT A MODEL; real: HOSTED_BASE_URL/HOSTED_MODEL or "
                              "AZURE_* as for `eval` (default: %(default)s)")
@@ -313,19 +336,26 @@ def hosted_side(args: argparse.Namespace, settings: Any, rows: dict[str, list[Re
 
 def slm_adapters(args: argparse.Namespace, settings: Any) -> dict[str, Path]:
     """Each track's adapter (the main job's `adapter_<track>`), said plainly where the base model answers."""
-    adapters = {} if args.no_adapters else track_adapters(args.adapters_dir, args.track)
+    if args.no_adapters:
+        adapters = {}
+    elif args.registry is not None:
+        registry = load_registry(args.registry)
+        adapters = {track: entry.adapter for track in args.track if (entry := promoted_adapter(registry, track))}
+    else:
+        adapters = track_adapters(args.adapters_dir, args.track)
     for track in args.track:
         if track in adapters:
             check_adapter_track(adapters[track], track)
             print(f"{track}: SLM = {settings.slm_model_path} with the adapter {adapters[track]}")
         else:
-            why = "--no-adapters" if args.no_adapters else f"no adapter_{track} in {args.adapters_dir}"
+            why = ("--no-adapters" if args.no_adapters else f"none promoted in {args.registry}" if args.registry
+                   else f"no adapter_{track} in {args.adapters_dir}")
             print(f"{track}: SLM = {settings.slm_model_path}, the BASE model ({why}: not fine-tuned)")
     return adapters
 
 
-def run(args: argparse.Namespace) -> bool:
-    """Everything is checked before the model loads; whether every track kept within --delta."""
+def run(args: argparse.Namespace) -> list[ReplayFigures]:
+    """Everything is checked before the model loads; each track's figures (`within_delta`: kept within --delta)."""
     settings = load_settings()
     delta = parse_delta(args.delta)
     rows = {track: load_replay_rows(args.data_dir, track, args.split, args.limit) for track in args.track}
@@ -351,8 +381,8 @@ def run(args: argparse.Namespace) -> bool:
                          + f" ({policy.path})" for track, policy in policies.items())
         print(f"gateway (route mode) on {url}; confidence gate: {gate or 'none, the validators alone'}; "
               f"records {args.records}", flush=True)
-        return all([replay_track(track, rows[track], gateway, hosted, answers, args.records, args, delta)
-                    for track in args.track])
+        return [replay_track(track, rows[track], gateway, hosted, answers, args.records, args, delta)
+                for track in args.track]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prefect set-up for SLM Swap, idempotent. Run once from the checkout the workers will use:
 #   export PREFECT_API_URL=http://PREFECT_HOST:4200/api
-#   bash deployments/setup_work_pools.sh            # pools + slm-gpu limit + deploy all three deployments
+#   bash deployments/setup_work_pools.sh            # pools + slm-gpu limit + deploy all four deployments
 #   SLM_SWAP_DEPLOY=0 bash deployments/setup_work_pools.sh   # pools and limit only
 #
 # - work pool `default` (process): runs the parent flow `slm-swap-pipeline` (the `nightly` deployment)
 #   and the Phase II flow `slm-swap-distill` (the `weekly` deployment, its schedule off until turned on)
+#   and the flywheel `slm-swap-flywheel` (its `nightly` deployment: one round over the gateway's traffic)
 # - work pool `gpu` (process): runs the fine-tune subflow `slm-swap-finetune` (the `gpu` deployment)
 # - tag concurrency limit `slm-gpu` = 1: tasks that load the SLM or train (eval-slm, train-adapter)
 #   carry this tag, so across all flow runs only one of them holds the GPU at a time

@@ -9,7 +9,12 @@ deployment `slm-swap-finetune/gpu` on the GPU pool when a server has it, else in
 `<round>/adapter_<track>` from `<round>/data/<track>/`) -> `flywheel-evaluate` -> `flywheel-decide` ->
 (`flywheel-calibrate` -> `flywheel-promote` when the gate says so) -> `flywheel-finish`. The tasks hold
 no logic; a kill between any two leaves the registry and the watermark as they were (see the library).
-Not yet deployed on a schedule (no entry in prefect.yaml).
+The round is one Langfuse trace (`slm_swap.app.flywheel_trace`: counts and decision as its output); its
+id, the training's and the evals' are `langfuse:<id>` tags on the flow run, as the pipeline tags its own.
+
+Deployed as `slm-swap-flywheel/nightly` (prefect.yaml: the `default` pool, 04:00 Europe/Berlin):
+
+    prefect deployment run 'slm-swap-flywheel/nightly' --params '{"request": {"track": "toolcall"}}' --watch
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.finetune import run_finetune
-from flows.runtime import gpu_tagged, refusal
+from flows.runtime import add_trace_tags, gpu_tagged, refusal
 from slm_swap.app import flywheel
 from slm_swap.app.flow_configs import PipelineConfig
 from slm_swap.app.flywheel_report import round_line
+from slm_swap.app.flywheel_trace import check_traced_round, round_trace_ids, round_trace_output, traced_round
 from slm_swap.app.requests import FlywheelRequest
 from slm_swap.infra.config import load_settings
 
@@ -84,17 +90,22 @@ def slm_swap_flywheel(request: FlywheelRequest) -> Any:
         request: the round's settings (track, records, registry, folders, step cap, delta, ...): see
             `slm_swap.app.requests.FlywheelRequest`.
     """
-    if (refused := refusal(lambda: flywheel.check_round(load_settings(), request))) is not None:
+    if (refused := refusal(lambda: check_traced_round(load_settings(), request))) is not None:
         return refused
     run_id = flow_run.id
-    state = flywheel.start_round(request)
-    collect(state, request)
-    if make_rows(state, request):
-        run_finetune(training_config(state, request), state.track)
-        with gpu_tagged():
-            evaluate(state, request, run_id)
-        if decide(state, request):
+    with traced_round(load_settings(), request, run_id) as trace:
+        add_trace_tags(run_id, [trace.trace_id])  # at once: a round that fails later still links to its trace
+        state = flywheel.start_round(request)
+        collect(state, request)
+        if make_rows(state, request):
+            manifest = run_finetune(training_config(state, request), state.track)
             with gpu_tagged():
-                calibrate(state, request)
-            promote(state, request)
-    return finish(state, request)
+                evaluate(state, request, run_id)
+            add_trace_tags(run_id, [manifest.get("langfuse_trace_id"), *round_trace_ids(state)])
+            if decide(state, request):
+                with gpu_tagged():
+                    calibrate(state, request)
+                promote(state, request)
+        line = finish(state, request)
+        trace.update(output=round_trace_output(state))
+    return line

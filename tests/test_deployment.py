@@ -6,7 +6,10 @@ checkout (the pull step must move flow runs into it), then:
 1. `prefect deployment run 'slm-swap-finetune/gpu' --param ... --watch` trains an adapter;
 2. `prefect deployment run 'slm-swap-pipeline/nightly' --params ... --watch` runs the parent on the
    `default` pool, which starts the fine-tune as the `gpu` deployment (a subflow under the parent);
-3. `prefect deployment run 'slm-swap-distill/weekly' --params ... --watch`: Phase II on the `default`
+3. `prefect deployment run 'slm-swap-flywheel/nightly' --params ... --watch`: a flywheel round on the
+   `default` pool over an empty records file, which ends "nothing to do" (its fine-tune would go to the
+   `gpu` deployment as the pipeline's does; tests/test_flywheel.py runs that subflow in-process);
+4. `prefect deployment run 'slm-swap-distill/weekly' --params ... --watch`: Phase II on the `default`
    pool against the scripted teacher, its fine-tune (`track=agent`) on the `gpu` deployment.
 
 Tiny model, xLAM fixture data, an OpenAI-compatible stub as the hosted side; seconds of training.
@@ -133,9 +136,9 @@ def workers(env: dict[str, str], cwd: Path, logs: Path, name: str):
         yield
 
 
-def run_parent(env: dict[str, str], deployment: str, config: dict, log: Path) -> UUID:
-    """`prefect deployment run DEPLOYMENT --params {"config": ...} --watch`; the flow-run id."""
-    run = prefect(env, "deployment", "run", deployment, "--params", json.dumps({"config": config}),
+def run_parent(env: dict[str, str], deployment: str, config: dict, log: Path, parameter: str = "config") -> UUID:
+    """`prefect deployment run DEPLOYMENT --params {PARAMETER: config} --watch`; the flow-run id."""
+    run = prefect(env, "deployment", "run", deployment, "--params", json.dumps({parameter: config}),
                   "--watch", "--watch-timeout", "300", timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + log.read_text()[-6000:]
     return flow_run_id_from(run.stdout)
@@ -151,7 +154,8 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     setup = subprocess.run(["bash", "deployments/setup_work_pools.sh"], env=env, cwd=REPO, capture_output=True, text=True,
                            timeout=300)
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    assert "slm-swap-pipeline/nightly" in setup.stdout and "slm-swap-finetune/gpu" in setup.stdout
+    assert all(name in setup.stdout for name in ("slm-swap-pipeline/nightly", "slm-swap-finetune/gpu",
+                                                 "slm-swap-distill/weekly", "slm-swap-flywheel/nightly"))
     pools = {pool["name"]: pool["type"] for pool in api(env, "POST", "/work_pools/filter", {})}
     assert pools["gpu"] == "process" and pools["default"] == "process"
     assert api(env, "GET", "/v2/concurrency_limits/tag:slm-gpu")["limit"] == 1
@@ -163,6 +167,17 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     gpu = json.loads(prefect(env, "deployment", "inspect", "slm-swap-finetune/gpu", "--output", "json").stdout)
     assert gpu["work_pool_name"] == "gpu" and gpu["tags"] == ["gpu"]
     assert gpu["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    flywheel = json.loads(prefect(env, "deployment", "inspect", "slm-swap-flywheel/nightly", "--output", "json").stdout)
+    (schedule,) = flywheel["schedules"]
+    assert schedule["schedule"]["cron"] == "0 4 * * *" and schedule["schedule"]["timezone"] == "Europe/Berlin"
+    assert schedule["active"] and flywheel["work_pool_name"] == "default"
+    assert flywheel["parameters"] == {"request": {"track": "toolcall"}}
+    # The UI's form for `request`: FlywheelRequest's fields, each with its help text.
+    schema = flywheel["parameter_openapi_schema"]
+    form = schema["definitions"][schema["properties"]["request"]["$ref"].rsplit("/", 1)[-1]]
+    assert {"track", "records", "registry", "max_steps", "delta"} <= set(form["properties"])
+    assert form["required"] == ["track"]
+    assert form["properties"]["records"]["description"]
 
     ft_dir, eval_dir = tmp_path / "04_ft", tmp_path / "05_eval"
     cwd = tmp_path / "workers"  # the workers' folder, outside the checkout: the pull step must move flow runs into it
@@ -194,6 +209,21 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
                       "eval_dir": str(eval_dir), "ft_dir": str(ft_dir)}
             parent_id = run_parent(env, "slm-swap-pipeline/nightly", config, tmp_path / "worker-default-pipeline.log")
 
+            # 3. A flywheel round over a gateway that has recorded nothing yet: "nothing to do", completed.
+            rounds = tmp_path / "rounds"
+            request = {"track": "toolcall", "records": str(tmp_path / "gateway" / "requests.jsonl"),
+                       "registry": str(tmp_path / "gateway" / "registry.json"), "data_dir": str(xlam_data_dir),
+                       "flywheel_dir": str(rounds)}
+            round_id = run_parent(env, "slm-swap-flywheel/nightly", request, tmp_path / "worker-default-pipeline.log",
+                                  parameter="request")
+    flywheel_run = api(env, "GET", f"/flow_runs/{round_id}")
+    assert flywheel_run["state"]["type"] == "COMPLETED" and flywheel_run["deployment_id"] == flywheel["id"]
+    logs = [entry["message"] for entry in
+            api(env, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [str(round_id)]}}})]
+    assert "flywheel toolcall round 1: nothing to do: 0 new toolcall rows (at least 1 needed)" in logs
+    assert not (rounds / "toolcall" / "round-1").exists() and not api(
+        env, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [str(round_id)]}}})
+
     parent = api(env, "GET", f"/flow_runs/{parent_id}")
     assert parent["state"]["type"] == "COMPLETED" and parent["deployment_id"] == nightly["id"]
     child = only_child(env, parent_id)
@@ -205,7 +235,7 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     # The subflow reused the adapter trained a minute ago (same data, base model and step cap).
     assert json.loads((ft_dir / "adapter_toolcall" / MANIFEST).read_text()) == manifest
 
-    # 3. The distill deployment (its weekly schedule off) on the default pool, the scripted teacher as
+    # 4. The distill deployment (its weekly schedule off) on the default pool, the scripted teacher as
     #    the hosted model; its agent fine-tune goes to the gpu deployment too.
     weekly = json.loads(prefect(env, "deployment", "inspect", "slm-swap-distill/weekly", "--output", "json").stdout)
     (schedule,) = weekly["schedules"]

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The flywheel demo, after the main job has prepared the data (`bash scripts/main.sh`, or just
+# `slm-swap prepare --source bfcl --train 80 --test 24`); it does not use the main job's adapters:
+#   bash scripts/flywheel.sh            # FLYWHEEL_BATCH, FLYWHEEL_STEPS, FLYWHEEL_ROUNDS to resize
+# The gateway (route mode) over the scripted teacher (NOT A MODEL: gold answers, a few wrong on
+# purpose) and the UNTRAINED embedded model:
+#   round 0: a batch of BFCL requests replayed through it: nearly everything falls back, the gateway
+#            writes its records;
+#   then one flywheel round on those records (`slm_swap.app.flywheel.run_round`, what
+#   `slm-swap flywheel --track toolcall` runs): rows, fine-tune, evaluate on held-out traffic, gate,
+#   calibrate, promote into the demo's registry;
+#   round 1: a FRESH batch (rows no earlier batch held) replayed with the promoted adapter and policy;
+#   round 2: the same once more.
+# It ends with the per-round table (coverage, the gateway's accuracy next to hosted alone) and the chart
+# slm_swap/06_gateway/flywheel_gain/flywheel_gain.png (bench/flywheel_gain.py, which runs all of it).
+# Small batches and few steps a round keep it near 20 minutes on 2 CPU cores: the 135M model learns
+# little from a few dozen rows in a few steps, so expect small gains, if any, on CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  echo "no .venv: run \`bash scripts/main.sh\` first (it sets up and prepares the data)" >&2
+  exit 2
+fi
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Tracing needs a Langfuse project; the demo runs without one unless LANGFUSE_* are set.
+if [ -z "${LANGFUSE_PUBLIC_KEY:-}" ]; then export LANGFUSE_DISABLED=1; fi
+
+track=toolcall
+for split in train val test; do
+  if [ ! -f "slm_swap/02_dataset/$track/$split.jsonl" ]; then
+    echo "no prepared data (slm_swap/02_dataset/$track/$split.jsonl): run \`bash scripts/main.sh\` first" >&2
+    exit 2
+  fi
+done
+echo "hosted side: a SCRIPTED STAND-IN, NOT A MODEL (gold answers, every 12th wrong, every 15th cut off)."
+
+python bench/flywheel_gain.py --track "$track" --rounds "${FLYWHEEL_ROUNDS:-2}" \
+  --batch "${FLYWHEEL_BATCH:-8}" --max-steps "${FLYWHEEL_STEPS:-8}" --heldout-per-round 3 \
+  --work slm_swap/06_gateway/flywheel_gain
