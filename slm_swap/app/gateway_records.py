@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from slm_swap.infra import json_input
+from slm_swap.data.traffic_reader import parse_records
 from slm_swap.infra.errors import SlmSwapError
 
 
@@ -86,17 +86,4 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise SlmSwapError(f"gateway records {path}: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    lines.pop()  # after the last newline: empty, or a torn line
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json_input.loads(line)
-        except json_input.JsonInputError as exc:
-            raise SlmSwapError(f"{path}:{number}: {exc}") from None
-        if not isinstance(record, dict):
-            raise SlmSwapError(f"{path}:{number}: not a gateway record (a JSON object)")
-        records.append(record)
-    return records
+    return parse_records(Path(path), data)

@@ -64,7 +64,7 @@ def read_new_records(records_path: Path) -> TrafficBatch:
     except OSError as exc:
         raise SlmSwapError(f"gateway records {path}: {exc.strerror or exc}") from None
     complete = data[: data.rfind(b"\n") + 1]  # a torn last line is left for later
-    records = _parse(path, complete, first_number=lines + 1)
+    records = parse_records(path, complete, first_number=lines + 1)
     return TrafficBatch(path, records, start, start + len(complete), lines + complete.count(b"\n"), fingerprint, restarted)
 
 
@@ -104,7 +104,9 @@ def _load_watermark(records_path: Path) -> dict[str, Any] | None:
     return mark
 
 
-def _parse(path: Path, data: bytes, first_number: int) -> list[dict[str, Any]]:
+def parse_records(path: Path, data: bytes, first_number: int = 1) -> list[dict[str, Any]]:
+    """The gateway records in `data`, its complete lines only (what follows the last newline is a torn
+    line, skipped); a bad line is one line naming `path` and its number (counted from `first_number`)."""
     records = []
     for number, line in enumerate(data.split(b"\n")[:-1], start=first_number):
         if not line.strip():
