@@ -168,10 +168,13 @@ def test_deployments_run_on_their_work_pools(prefect_env, xlam_data_dir, tmp_pat
     assert gpu["work_pool_name"] == "gpu" and gpu["tags"] == ["gpu"]
     assert gpu["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     flywheel = json.loads(prefect(env, "deployment", "inspect", "slm-swap-flywheel/nightly", "--output", "json").stdout)
-    (schedule,) = flywheel["schedules"]
-    assert schedule["schedule"]["cron"] == "0 4 * * *" and schedule["schedule"]["timezone"] == "Europe/Berlin"
-    assert schedule["active"] and flywheel["work_pool_name"] == "default"
-    assert flywheel["parameters"] == {"request": {"track": "toolcall"}}
+    # A round per track each night: each schedule runs the deployment with its own track.
+    nights = {s["schedule"]["cron"]: s for s in flywheel["schedules"]}
+    assert set(nights) == {"0 4 * * *", "30 4 * * *"} and all(s["active"] for s in nights.values())
+    assert {s["schedule"]["timezone"] for s in nights.values()} == {"Europe/Berlin"}
+    assert nights["0 4 * * *"]["parameters"] == {"request": {"track": "toolcall"}}
+    assert nights["30 4 * * *"]["parameters"] == {"request": {"track": "structured"}}
+    assert flywheel["work_pool_name"] == "default" and flywheel["parameters"] == {"request": {"track": "toolcall"}}
     # The UI's form for `request`: FlywheelRequest's fields, each with its help text.
     schema = flywheel["parameter_openapi_schema"]
     form = schema["definitions"][schema["properties"]["request"]["$ref"].rsplit("/", 1)[-1]]

@@ -98,7 +98,7 @@ def evaluate_once(real_evaluate):
             first.append(state)
             return
         shutil.copytree(first[0].folder / "eval", state.folder / "eval")
-        state.incumbent = first[0].incumbent
+        state.incumbent = promoted_adapter(load_registry(request.registry), state.track)
         state.metrics = {side: state.folder / "eval" / side / path.name for side, path in first[0].metrics.items()}
     return evaluate
 
@@ -164,7 +164,7 @@ def test_sabotaged_hosted_answers_give_no_rows_and_never_promote(world):
     state = flywheel.run_round(Settings(), request)
     assert state.status == "nothing to do" and state.counts["new_rows"] == 0
     assert state.counts["sources"]["fallback"]["rejected"] == {"invalid_hosted_answer": len(CITIES)}
-    assert not request.registry.exists() and not watermark_path(request.records).exists()
+    assert not request.registry.exists() and not watermark_path(request.records, "toolcall").exists()
 
 
 STEPS = ["collect", "make_rows", "finetune", "evaluate", "decide", "calibrate_candidate", "promote"]
@@ -187,7 +187,7 @@ def test_a_round_killed_at_any_step_changes_nothing_and_the_next_runs_cleanly(wo
             flywheel.run_round(Settings(), request)
         monkeypatch.setattr(flywheel, step, real)
         assert registry_bytes(request) is None, step
-        assert not watermark_path(request.records).exists(), step
+        assert not watermark_path(request.records, "toolcall").exists(), step
         assert not shared.exists() and not request.policy.exists(), step
 
     state = flywheel.run_round(Settings(), request)  # the next round: clean, and it promotes
@@ -195,7 +195,55 @@ def test_a_round_killed_at_any_step_changes_nothing_and_the_next_runs_cleanly(wo
     entry = promoted_adapter(load_registry(request.registry), "toolcall")
     assert entry.version == 1 and entry.adapter == state.adapter.resolve()
     assert json.loads(request.policy.read_text())["model"]["adapter"] == str(state.adapter)
-    assert watermark_path(request.records).exists() and (shared / "test.jsonl").is_file()
+    assert entry.gate().adapter == str(state.adapter)  # the gate switches with the adapter, in the same write
+    assert entry.gate().threshold == json.loads(request.policy.read_text())["threshold"]
+    assert watermark_path(request.records, "toolcall").exists() and (shared / "test.jsonl").is_file()
     report = json.loads((state.folder / "report.json").read_text())
     assert report["promoted"] == {"version": 1, "adapter": str(entry.adapter)} and report["calibration"]["installed"]
 
+
+
+def test_a_round_killed_after_its_registry_write_keeps_the_promotion_and_the_next_round_starts_cleanly(
+        world, tiny_adapter_dir, monkeypatch):
+    """The registry write is the round's commit point: a kill after it (installing the policy copy, or in
+    `finish`) keeps the promotion, adapter and gate together, and leaves rows and watermark unpublished.
+    The next round reads the same traffic, draws the same held-out rows (so nothing the killed round
+    trained on is ever held out), and measures against what the killed round promoted."""
+    request = world
+    monkeypatch.setattr(flywheel, "finetune", fake_finetune(tiny_adapter_dir))
+    monkeypatch.setattr(flywheel, "decide", forced_promotion(flywheel.decide))
+    monkeypatch.setattr(flywheel, "evaluate", evaluate_once(flywheel.evaluate))
+    shared = request.data_dir / "flywheel" / "toolcall"
+    real_record, real_finish = flywheel.record_promotion, flywheel.finish
+
+    def record_then_killed(*args, **kwargs):
+        real_record(*args, **kwargs)
+        raise KeyboardInterrupt("killed after the registry write")
+
+    def finish_killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed in finish")
+
+    rounds = []
+    for where, patch in [("record_promotion", record_then_killed), ("finish", finish_killed)]:
+        monkeypatch.setattr(flywheel, where, patch)
+        with pytest.raises(KeyboardInterrupt):
+            flywheel.run_round(Settings(), request)
+        monkeypatch.setattr(flywheel, "record_promotion", real_record)
+        monkeypatch.setattr(flywheel, "finish", real_finish)
+        rounds.append(sorted((request.flywheel_dir / "toolcall").glob("round-*"))[-1])
+        entry = promoted_adapter(load_registry(request.registry), "toolcall")
+        assert entry.version == len(rounds) and entry.adapter == (rounds[-1] / "adapter_toolcall").resolve()
+        assert entry.gate().adapter == str(rounds[-1] / "adapter_toolcall")  # the gate came with it
+        assert not watermark_path(request.records, "toolcall").exists() and not shared.exists()
+        # Killed before the policy copy: the registry holds the gate anyway; killed in finish: the copy is made.
+        assert request.policy.exists() == (where == "finish")
+
+    state = flywheel.run_round(Settings(), request)
+    assert state.number == 3 and state.status == "promoted" and state.incumbent.version == 2
+    assert state.counts["records"] == len(CITIES)  # the same traffic, read again
+    heldout = {row.prompt for row in state.heldout}
+    assert heldout == {row["prompt"] for row in load_rows(rounds[0] / "data" / "toolcall" / "test.jsonl")}
+    for folder in [*rounds, state.folder]:  # no round ever trained on a held-out request
+        assert not heldout & {row["prompt"] for row in load_rows(folder / "data" / "toolcall" / "train.jsonl")}
+    assert promoted_adapter(load_registry(request.registry), "toolcall").version == 3
+    assert watermark_path(request.records, "toolcall").exists() and request.policy.exists()

@@ -86,7 +86,27 @@ def test_the_round_is_one_trace_tagged_on_its_flow_run(prefect_api, round_reques
     assert not [r["path"] for r in requests if any(city.encode() in r["body"] for city in CITIES)]
     # "Nothing to do" leaves no round folder and the watermark where it was.
     assert not (round_request.flywheel_dir / "toolcall" / "round-1").exists()
-    assert not watermark_path(round_request.records).exists()
+    assert not watermark_path(round_request.records, "toolcall").exists()
+
+
+def test_the_command_traces_its_round_too(round_request, monkeypatch, capsys):
+    from slm_swap.app.cli import main
+
+    with LangfuseReceiver() as receiver:
+        monkeypatch.delenv("LANGFUSE_DISABLED", raising=False)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", receiver.public_key)
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-flywheel-SECRET-0b7d")
+        monkeypatch.setenv("LANGFUSE_HOST", receiver.url)
+        assert main(["flywheel", "--track", "toolcall", "--records", str(round_request.records), "--registry",
+                     str(round_request.registry), "--data-dir", str(round_request.data_dir), "--flywheel-dir",
+                     str(round_request.flywheel_dir), "--min-new-rows", "50"]) == 0
+        assert receiver.wait_until(lambda r: any(s["name"] == "flywheel toolcall" for s in r.spans), timeout_s=15)
+        (root,) = [s for s in receiver.spans if s["name"] == "flywheel toolcall" and s["parent_span_id"] is None]
+    output = json.loads(root["attributes"]["langfuse.observation.output"])
+    assert output["status"] == "nothing to do" and output["counts"]["new_rows"] == 3
+    captured = capsys.readouterr()
+    assert "flywheel toolcall round 1: nothing to do" in captured.out
+    assert f"langfuse trace (flywheel): {root['trace_id']}" in captured.err
 
 
 def test_a_round_without_langfuse_settings_is_refused_in_one_line(prefect_api, round_request, monkeypatch):

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 
 import openai
@@ -17,11 +19,28 @@ from test_gateway import FIXTURE, HOSTED_KEY, Gateway, read_records, tools_of
 
 from slm_swap.app.gateway import SlmEngine, Upstream, create_gateway_app
 from slm_swap.app.gateway_engine import start_in_process_engine
-from slm_swap.app.gateway_reload import AdapterReloader, Promotion
+from slm_swap.app.gateway_reload import AdapterReloader
 from slm_swap.data.xlam import load_xlam
+from slm_swap.evaluation.calibrate import Policy
 from slm_swap.infra.config import scrub_secrets
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("loopback_only")]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A registry entry as the reloader sees it (`registry.PromotedAdapter` is the real one)."""
+
+    version: int
+    adapter: Path
+    policy: Policy | None = None
+
+    def gate(self) -> Policy | None:
+        return self.policy
+
+
+def policy(name: str, threshold: float | None, adapter: str | None = None) -> Policy:
+    return Policy(Path(name), "toolcall", threshold, Fraction(9, 10), "tiny", adapter, "test")
 
 
 def test_a_promotion_is_served_without_a_restart_and_without_a_failed_request(tmp_path, tiny_model_dir, tiny_adapter_dir):
@@ -37,7 +56,7 @@ def test_a_promotion_is_served_without_a_restart_and_without_a_failed_request(tm
                 Upstream(openai.OpenAI(base_url=f"{hosted.url}/v1", api_key=HOSTED_KEY, max_retries=0), "hosted"),
                 SlmEngine(openai.OpenAI(base_url=engine.url, api_key=engine.api_key, max_retries=0), engine.models),
                 records, lambda text: scrub_secrets(text, [HOSTED_KEY]))
-            reloader = AdapterReloader(registry, lambda path: dict(promoted), engine.add_adapter, engine.models)
+            reloader = AdapterReloader(registry, lambda path: dict(promoted), engine.add_adapter, engine.models, {})
             gateway = Gateway(app)
             stop = threading.Event()
 
@@ -85,12 +104,52 @@ def test_a_bad_promotion_keeps_the_track_on_what_it_served(tmp_path, capsys):
     def refuse(name, path):
         raise ValueError("not an adapter")
 
-    reloader = AdapterReloader(registry, lambda path: {"toolcall": Promotion(2, tmp_path / "nope")}, refuse, models)
+    reloader = AdapterReloader(registry, lambda path: {"toolcall": Promotion(2, tmp_path / "nope")}, refuse, models, {})
     assert reloader.check_once() == [] and models == {"toolcall": "toolcall"}
     assert "track toolcall keeps 'toolcall'" in capsys.readouterr().err
 
     def unreadable(path):
         raise ValueError(f"{path}: not a registry")
 
-    reloader = AdapterReloader(registry, unreadable, refuse, models)
+    reloader = AdapterReloader(registry, unreadable, refuse, models, {})
     assert reloader.check_once() == [] and "not applied" in capsys.readouterr().err
+
+
+def test_a_promotion_switches_the_adapter_and_its_confidence_gate_together(tmp_path, capsys):
+    """The gate calibrated for the promoted adapter comes with it: a request reads the track's model name
+    once and gets that name's gate, so it never pairs the new adapter with the old threshold."""
+    registry = tmp_path / "registry.json"
+    models = {"toolcall": "base", "structured": "base"}
+    old, new = policy("policy_base.json", -2.0), policy("round-1/policy_toolcall.json", -0.5, "round-1/adapter")
+    gates = {"base": old}
+    loaded: list[str] = []
+    promoted = {"toolcall": Promotion(1, tmp_path / "round-1" / "adapter", new)}
+
+    def add_adapter(name: str, path: Path) -> None:
+        assert name not in models.values()  # loaded before any track points at it
+        loaded.append(name)
+
+    reloader = AdapterReloader(registry, lambda path: dict(promoted), add_adapter, models, gates)
+    registry.write_text("v1", encoding="utf-8")
+    assert reloader.check_once() == ["toolcall"] and loaded == ["toolcall-v1"]
+    engine = SlmEngine(openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k"), models, gates)
+    assert engine.serving("toolcall") == ("toolcall-v1", new)
+    assert engine.serving("structured") == ("base", old)  # another track keeps its own
+    assert "confidence gate >= -0.5" in capsys.readouterr().out
+
+    # Promoted by hand without a gate: the track keeps the gate it had, and the log says it was made for another model.
+    promoted["toolcall"] = Promotion(2, tmp_path / "by-hand")
+    registry.write_text("v2", encoding="utf-8")
+    assert reloader.check_once() == ["toolcall"]
+    assert engine.serving("toolcall") == ("toolcall-v2", new)
+    assert "v2 was promoted without a confidence gate; it keeps round-1/policy_toolcall.json" in capsys.readouterr().err
+
+    # A gate that cannot be read: the track stays on the adapter and gate it served.
+    class Unreadable(Promotion):
+        def gate(self) -> Policy | None:
+            raise ValueError("not a gateway policy file")
+
+    promoted["toolcall"] = Unreadable(3, tmp_path / "v3")
+    registry.write_text("v3", encoding="utf-8")
+    assert reloader.check_once() == [] and engine.serving("toolcall") == ("toolcall-v2", new)
+    assert "keeps 'toolcall-v2'" in capsys.readouterr().err and "toolcall-v3" not in loaded

@@ -21,6 +21,7 @@ from slm_swap.core.promotion import MetricsSummary, decide_promotion, summarize_
 from slm_swap.core.results import metrics_document
 from slm_swap.core.tracks import get_track
 from slm_swap.data.examples import toolcall_completion
+from slm_swap.evaluation.calibrate import ThresholdChoice, policy_document
 from slm_swap.evaluation.registry import (load_promoted, load_registry, promoted_adapter, record_promotion,
                                           registry_stamp, verify_adapter)
 from slm_swap.infra.errors import SlmSwapError
@@ -295,10 +296,47 @@ def test_promote_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys):
     assert f"{registry}: not a promotion registry" in error_lines(capsys.readouterr().err)[0]
 
 
+def calibrated_policy(path: Path, adapter: Path | None, threshold: float | None, track: str = "toolcall") -> Path:
+    """A policy file as `gateway calibrate` writes it, for `adapter` (None: the base model)."""
+    document = policy_document(track=track, split="test", model={"identity": "/models/smollm2",
+                                                                   "adapter": str(adapter) if adapter else None},
+                               dataset={}, choice=ThresholdChoice(threshold, 3, 3, 4, 6, ()), target=Fraction(9, 10),
+                               target_source={"from": "--target"}, created_at="2026-12-06T00:00:00+00:00")
+    write_json(path, document)
+    return path
+
+
+def test_a_promotion_carries_the_confidence_gate_calibrated_for_its_adapter(tmp_path, capsys):
+    """The gate is kept inside the registry entry, so one atomic write switches adapter and threshold;
+    a gate calibrated for another adapter or track is refused before the registry is touched."""
+    registry = tmp_path / "gw" / "registry.json"
+    v1, v2 = make_adapter(tmp_path / "v1"), make_adapter(tmp_path / "v2", seed=1)
+    assert promote(registry, v1, "--force", "--policy", str(calibrated_policy(tmp_path / "p1.json", v1, -0.75))) == 0
+    assert f"confidence gate: threshold -0.75 ({tmp_path / 'p1.json'})" in capsys.readouterr().out
+    (tmp_path / "p1.json").unlink()  # the gate lives in the registry, not in the file it came from
+    gate = load_promoted(registry)["toolcall"].gate()
+    assert (gate.threshold, gate.track, gate.adapter) == (-0.75, "toolcall", str(v1))
+
+    before = registry.read_bytes()
+    for policy, why in [(calibrated_policy(tmp_path / "p-v1.json", v1, -0.5), f"calibrated for {v1}, not the adapter"),
+                        (calibrated_policy(tmp_path / "p-base.json", None, -0.5), "calibrated for the base model"),
+                        (calibrated_policy(tmp_path / "p-s.json", v2, -0.5, "structured"), "for track 'structured'"),
+                        (tmp_path / "absent.json", "absent.json")]:
+        assert promote(registry, v2, "--force", "--policy", str(policy)) == 2
+        err = error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and why in err[0], (why, err)
+    assert registry.read_bytes() == before
+
+    assert promote(registry, v2, "--force") == 0  # no gate given: the entry has none, and says so
+    assert "confidence gate: none given" in capsys.readouterr().out
+    assert load_promoted(registry)["toolcall"].gate() is None
+    assert load_registry(registry).history["toolcall"][0].gate().threshold == -0.75  # history keeps v1's
+
+
 def test_promote_help_names_its_options(capsys):
     with pytest.raises(SystemExit) as done:
         main(["gateway", "promote", "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0 and out.startswith("usage: slm-swap gateway promote")
     assert all(flag in out for flag in ("--track", "--adapter", "--metrics", "--against", "--delta", "--force",
-                                        "--registry"))
+                                        "--policy", "--registry"))

@@ -203,7 +203,7 @@ def test_rows_from_the_real_gateways_records(tmp_path):
                     model="structured", messages=build_messages(build_prompt("structured", example.request, example.functions)))
         finally:
             gateway.close()
-    harvest = rows_from_records(read_new_records(records_path).records)
+    harvest = rows_from_records(read_new_records(records_path, "toolcall").records)
     assert [row.row() for row in harvest.rows] == [build_row(examples[0], "structured")]
     assert harvest.summary() == {"structured": {"fallback": {"seen": 1, "rows": 1, "rejected": {}},
                                                 "slm": {"seen": 1, "rows": 0, "rejected": {"slm_answered": 1}}}}
@@ -216,16 +216,31 @@ def test_rows_from_the_real_gateways_records(tmp_path):
 def test_reading_resumes_after_the_committed_watermark_and_reading_alone_does_not_move_it(tmp_path):
     path = tmp_path / "requests.jsonl"
     append(path, record(rid="1"), record(rid="2"))
-    first = read_new_records(path)
+    first = read_new_records(path, "toolcall")
     assert [r["id"] for r in first.records] == ["1", "2"]
-    assert [r["id"] for r in read_new_records(path).records] == ["1", "2"]  # a round killed before commit: again
+    assert [r["id"] for r in read_new_records(path, "toolcall").records] == ["1", "2"]  # a round killed before commit: again
     commit(first)
     append(path, record(rid="3"))
-    second = read_new_records(path)
+    second = read_new_records(path, "toolcall")
     assert [r["id"] for r in second.records] == ["3"] and second.start == first.end and second.restarted is None
     commit(second)
-    assert read_new_records(path).records == []
-    assert json.loads(watermark_path(path).read_text())["offset"] == path.stat().st_size
+    assert read_new_records(path, "toolcall").records == []
+    assert json.loads(watermark_path(path, "toolcall").read_text())["offset"] == path.stat().st_size
+
+
+def test_each_track_keeps_its_own_watermark_over_one_records_file(tmp_path):
+    """A toolcall round must not move the structured round past records it never read."""
+    path = tmp_path / "requests.jsonl"
+    append(path, record(rid="1"), record(rid="2"))
+    commit(read_new_records(path, "toolcall"))
+    assert read_new_records(path, "toolcall").records == []
+    assert [r["id"] for r in read_new_records(path, "structured").records] == ["1", "2"]
+    append(path, record(rid="3"))
+    commit(read_new_records(path, "structured"))
+    assert [r["id"] for r in read_new_records(path, "toolcall").records] == ["3"]
+    assert watermark_path(path, "toolcall") != watermark_path(path, "structured")
+    with pytest.raises(SlmSwapError, match="expected a name such as a track"):
+        read_new_records(path, "../x")
 
 
 def test_a_torn_last_line_waits_for_the_next_round(tmp_path):
@@ -234,12 +249,12 @@ def test_a_torn_last_line_waits_for_the_next_round(tmp_path):
     line = json.dumps(record(rid="2")) + "\n"
     with path.open("a") as out:
         out.write(line[:40])  # a gateway mid-write
-    batch = read_new_records(path)
+    batch = read_new_records(path, "toolcall")
     assert [r["id"] for r in batch.records] == ["1"]
     commit(batch)
     with path.open("a") as out:
         out.write(line[40:])
-    assert [r["id"] for r in read_new_records(path).records] == ["2"]
+    assert [r["id"] for r in read_new_records(path, "toolcall").records] == ["2"]
 
 
 @pytest.mark.parametrize("change, why", [
@@ -250,7 +265,7 @@ def test_a_torn_last_line_waits_for_the_next_round(tmp_path):
 def test_a_rotated_or_truncated_records_file_is_read_from_its_start(tmp_path, change, why):
     path = tmp_path / "requests.jsonl"
     append(path, record(rid="1"), record(rid="2", output=tool_calls(("get_weather", '{"city": "Bergen"}'))))
-    commit(read_new_records(path))
+    commit(read_new_records(path, "toolcall"))
     first_line = path.read_text().splitlines(keepends=True)[0]
     if change == "replace":  # rotated away; the gateway starts a new file, longer than the old one
         path.unlink()
@@ -259,7 +274,7 @@ def test_a_rotated_or_truncated_records_file_is_read_from_its_start(tmp_path, ch
         path.write_text(first_line)
     else:  # the same first line, then another second line: the watermark falls inside it
         path.write_text(first_line + json.dumps(record(rid="x" * 200)) + "\n")
-    batch = read_new_records(path)
+    batch = read_new_records(path, "toolcall")
     assert batch.start == 0 and why in batch.restarted
     expected = {"replace": ["new-1", "new-2", "new-3"], "truncate": ["1"], "rewrite": ["1", "x" * 200]}[change]
     assert [r["id"] for r in batch.records] == expected
@@ -268,27 +283,27 @@ def test_a_rotated_or_truncated_records_file_is_read_from_its_start(tmp_path, ch
 def test_a_corrupt_line_is_one_error_naming_the_file_and_its_line(tmp_path):
     path = tmp_path / "requests.jsonl"
     append(path, record(rid="1"), record(rid="2"))
-    commit(read_new_records(path))
+    commit(read_new_records(path, "toolcall"))
     append(path, record(rid="3"))
     with path.open("a") as out:
         out.write('{"id": "4", "track": \n')
     append(path, record(rid="5"))
     with pytest.raises(SlmSwapError) as error:
-        read_new_records(path)
+        read_new_records(path, "toolcall")
     message = str(error.value)
     assert message.startswith(f"{path}:4: ") and "\n" not in message  # numbered as in the file, not the batch
     path.write_text("\n".join(path.read_text().splitlines()[:3]) + "\n[1, 2]\n")
     with pytest.raises(SlmSwapError, match=rf"^{path}:4: not a gateway record"):
-        read_new_records(path)
+        read_new_records(path, "toolcall")
 
 
 def test_no_records_file_yet_is_no_records_and_a_bad_watermark_is_one_line(tmp_path):
     path = tmp_path / "requests.jsonl"
-    batch = read_new_records(path)
+    batch = read_new_records(path, "toolcall")
     assert batch.records == [] and batch.restarted is None
-    watermark_path(path).write_text('{"offset": -3}')
-    with pytest.raises(SlmSwapError, match=rf"^{watermark_path(path)}: not a watermark"):
-        read_new_records(path)
+    watermark_path(path, "toolcall").write_text('{"offset": -3}')
+    with pytest.raises(SlmSwapError, match=rf"^{watermark_path(path, 'toolcall')}: not a watermark"):
+        read_new_records(path, "toolcall")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,16 +136,16 @@ def cmd_gateway_promote(request: GatewayPromoteRequest) -> int:
     from slm_swap.core.promotion import PROMOTION_REFUSED_EXIT
 
     outcome = promote(track=request.track, adapter=request.adapter, metrics=request.metrics, against=request.against,
-                      delta=request.delta, force=request.force, registry_path=request.registry)
+                      delta=request.delta, force=request.force, registry_path=request.registry, policy=request.policy)
     print(describe(outcome))
     return 0 if outcome.entry else PROMOTION_REFUSED_EXIT
 
 
 def cmd_flywheel(request: FlywheelRequest) -> int:
-    from slm_swap.app.flywheel import run_round
     from slm_swap.app.flywheel_report import round_line
+    from slm_swap.app.flywheel_trace import run_traced_round
 
-    print(round_line(run_round(load_settings(), request)))
+    print(round_line(run_traced_round(load_settings(), request)))
     return 0
 
 

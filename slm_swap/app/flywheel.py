@@ -121,7 +121,7 @@ def start_round(request: FlywheelRequest) -> Round:
 
 def collect(state: Round, request: FlywheelRequest) -> None:
     """The gateway's records since the watermark (which stays where it is until `finish`)."""
-    state.batch = read_new_records(Path(request.records))
+    state.batch = read_new_records(Path(request.records), state.track)
 
 
 def make_rows(state: Round, request: FlywheelRequest, settings: Settings) -> bool:
@@ -215,8 +215,9 @@ def calibrate_candidate(state: Round, request: FlywheelRequest, settings: Settin
 
 
 def promote(state: Round, request: FlywheelRequest) -> None:
-    """Record the candidate in the registry (the round's commit point for the model), then install its
-    policy where the gateway reads it. Refused if the track's promoted adapter changed since `evaluate`."""
+    """Record the candidate with its calibrated gate in the registry (the round's commit point: a running
+    gateway switches both at once), then copy the policy where a gateway started without the registry reads
+    it. Refused if the track's promoted adapter changed since `evaluate`."""
     from slm_swap.app.calibration import default_policy_path
 
     assert state.decision is not None and state.decision.promote
@@ -225,8 +226,9 @@ def promote(state: Round, request: FlywheelRequest) -> None:
         raise SlmSwapError(f"track {state.track}: the promoted adapter changed while round {state.number} ran "
                            f"(now v{now.version if now else 0}): run the round again to compare against it")
     candidate = summarize_metrics(state.metrics["candidate"], state.track)
-    state.promoted = record_promotion(Path(request.registry), state.track, state.adapter,
-                                      metrics=candidate.as_dict(), decision=state.decision.as_dict(), forced=False)
+    policy = Path(state.calibration["policy"]) if state.calibration is not None else None
+    state.promoted = record_promotion(Path(request.registry), state.track, state.adapter, metrics=candidate.as_dict(),
+                                      decision=state.decision.as_dict(), forced=False, policy_file=policy)
     state.status = "promoted"
     if state.calibration is not None:
         live = Path(request.policy or default_policy_path(state.track))

@@ -4,6 +4,8 @@
         state = ...                                                # the round's steps
         trace.update(output=round_trace_output(state))
 
+    state = run_traced_round(settings, request)                    # `slm-swap flywheel`: all of it, one trace
+
 The trace holds what the round came to (status, reason, row counts per source, the gate's decision,
 the promoted version, the calibrated threshold) and never a prompt or an answer: the rows may carry
 user text. The evals and the training inside the round keep their own traces (a traced command starts
@@ -16,7 +18,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from slm_swap.app.flywheel import Round, check_round
+from slm_swap.app.flywheel import Round, check_round, run_round
 from slm_swap.app.requests import FlywheelRequest
 from slm_swap.app.runs import TracedCommand
 from slm_swap.infra.config import Settings
@@ -59,4 +61,14 @@ def traced_round(settings: Settings, request: FlywheelRequest, flow_run_id: str 
         yield run
 
 
-__all__ = ["check_traced_round", "round_trace_ids", "round_trace_input", "round_trace_output", "traced_round"]
+def run_traced_round(settings: Settings, request: FlywheelRequest) -> Round:
+    """One whole round (`flywheel.run_round`) inside its trace: what `slm-swap flywheel` runs."""
+    check_traced_round(settings, request)
+    with traced_round(settings, request) as trace:
+        state = run_round(settings, request)
+        trace.update(output=round_trace_output(state))
+    return state
+
+
+__all__ = ["check_traced_round", "round_trace_ids", "round_trace_input", "round_trace_output", "run_traced_round",
+           "traced_round"]

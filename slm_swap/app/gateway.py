@@ -26,9 +26,9 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -99,10 +99,17 @@ class SlmOutcome:
 
 @dataclass(frozen=True)
 class SlmEngine:
-    """The SLM engine and the model name that serves each track (an adapter's name on the engine)."""
+    """The SLM engine, the model name that serves each track (an adapter's name on the engine), and the
+    confidence gate of each served model name. A hot reload (`gateway_reload`) adds a name's gate before
+    it points a track at that name, so `serving` never pairs a model with another model's gate."""
 
     client: openai.OpenAI
     models: Mapping[str, str]
+    gates: MutableMapping[str, Policy] = field(default_factory=dict)
+
+    def serving(self, track: str) -> tuple[str, Policy | None]:
+        name = self.models[track]  # read once per request: a hot reload may switch the track meanwhile
+        return name, self.gates.get(name)
 
 
 def answer_problem(decision: Swappable, text: str) -> str | None:
@@ -137,7 +144,8 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
     records = RecordsFile(records_path, log_content)
     tracer = tracer or NullTracer()
     modes = dict(modes or {})
-    policies = dict(policies or {})
+    for track, policy in (policies or {}).items():  # the gates given apply to what each track serves now
+        slm.gates[slm.models[track]] = policy
     shadow_threads = ThreadPoolExecutor(SHADOW_THREADS, thread_name_prefix="gateway-shadow")
     shadow_slots = threading.BoundedSemaphore(SHADOW_QUEUE)
     app = FastAPI(title="slm-swap gateway", docs_url=None, redoc_url=None)
@@ -176,9 +184,10 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
                 "max_tokens": max_tokens, "logprobs": True}
         return slm.client.post("/chat/completions", body=sent, cast_to=ChatCompletion)
 
-    def ask_slm(decision: Swappable, max_tokens: int) -> SlmOutcome:
-        """The SLM's answer, checked by the request's own validators (blocking: run it off the event loop)."""
-        model_name = slm.models[decision.track]  # read once: a hot reload may switch the track meanwhile
+    def ask_slm(decision: Swappable, max_tokens: int, served: tuple[str, Policy | None]) -> SlmOutcome:
+        """The SLM's answer from `served` (model name, its gate), checked by the request's own validators
+        and the gate (blocking: run it off the event loop)."""
+        model_name, policy = served
         began = time.perf_counter()
         try:
             completion = slm_call(decision, model_name, max_tokens)
@@ -202,7 +211,6 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
             problem = f"the request's tool schema cannot be checked: {exc}"
         if problem is not None:
             return SlmOutcome(text, usage, part, "invalid", f"invalid_answer: {problem}")
-        policy = policies.get(decision.track)
         if policy is not None and not policy.accepts(True, confidence if confidence is not None else float("-inf")):
             why = ("its calibration reached the target at no threshold" if policy.threshold is None
                    else f"{confidence if confidence is not None else 'none'} < threshold {policy.threshold}")
@@ -212,7 +220,7 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
     def start_shadow(decision: Swappable, max_tokens: int) -> Future | None:
         if not shadow_slots.acquire(blocking=False):
             return None
-        future = shadow_threads.submit(ask_slm, decision, max_tokens)
+        future = shadow_threads.submit(ask_slm, decision, max_tokens, slm.serving(decision.track))
         future.add_done_callback(lambda _: shadow_slots.release())
         return future
 
@@ -347,11 +355,12 @@ def create_gateway_app(hosted: Upstream, slm: SlmEngine, records_path: Path, scr
                 record["shadow"] = {"verdict": "skipped", "reason": f"shadow_busy: {SHADOW_QUEUE} shadow answers waiting",
                                     "agrees": False}
             return await respond_hosted(body, record, started, stream, (decision, future) if future else None)
-        policy = policies.get(decision.track)
+        served = slm.serving(decision.track)
+        policy = served[1]
         if policy is not None and policy.threshold is None:  # calibration: no SLM answer may be served on this track
             record.update(route="hosted", reason=f"policy_accepts_nothing: {policy.path} reached its target at no threshold")
             return await respond_hosted(body, record, started, stream)
-        outcome = await asyncio.to_thread(ask_slm, decision, max_tokens)
+        outcome = await asyncio.to_thread(ask_slm, decision, max_tokens, served)
         record["slm"] = outcome.part
         if outcome.verdict != "valid":  # the engine failing or the answer invalid: the hosted model answers
             record.update(route="hosted-fallback", verdict=outcome.verdict, reason=outcome.reason)

@@ -55,21 +55,24 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
             print(f"loading the SLM {model_path or settings.slm_model_path} in process ...", flush=True)
             engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models)
             slm_url, slm_key, models, described = engine.url, engine.api_key, engine.models, engine.identity
-            if registry_path is not None:  # promoted adapters first, then whatever is promoted later
-                reloader = AdapterReloader(registry_path, verified_promotions, engine.add_adapter, models)
-                reloader.check_once()
-                reloader.start()
+        # The gates given apply to what each track serves now; a promotion brings its own (`gateway_reload`).
+        gates = {models[track]: policy for track, policy in policies.items()}
+        if engine is not None and registry_path is not None:  # promoted adapters first, then later promotions
+            reloader = AdapterReloader(registry_path, verified_promotions, engine.add_adapter, models, gates)
+            reloader.check_once()
+            reloader.start()
         # One retry at most: a slow or down engine should hand over to the hosted model quickly.
         slm_client = openai.OpenAI(base_url=slm_url, api_key=slm_key, timeout=slm_timeout_s, max_retries=1)
-        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), SlmEngine(slm_client, models),
-                                 records_path, settings.scrub, api_key=api_key, log_content=log_content, modes=modes,
-                                 tracer=tracer, policies=policies)
+        slm = SlmEngine(slm_client, models, gates)
+        app = create_gateway_app(Upstream(hosted_client.client, hosted_client.model), slm, records_path, settings.scrub,
+                                 api_key=api_key, log_content=log_content, modes=modes, tracer=tracer)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
+        serving = {track: slm.serving(track)[1] for track in models}
         print(f"gateway on http://{url_host}:{bound_port}/v1: hosted {hosted_client.identity}; SLM {described} "
               f"({', '.join(f'{track}={name}' for track, name in models.items())}); modes "
               f"{', '.join(f'{track}={mode}' for track, mode in (modes or {}).items()) or 'route'}; "
-              f"confidence gate: {', '.join(f'{t}>={p.threshold} ({p.path})' for t, p in policies.items()) or 'none'}; "
+              f"confidence gate: {', '.join(f'{t}>={p.threshold} ({p.path})' for t, p in serving.items() if p) or 'none'}; "
               f"records {records_path}", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
         server.run(sockets=[sock])

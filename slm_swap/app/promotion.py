@@ -37,7 +37,7 @@ class PromotionOutcome:
 
 
 def promote(*, track: str, adapter: Path, metrics: Path | None, against: Path | None, delta: str | Fraction,
-            force: bool, registry_path: Path) -> PromotionOutcome:
+            force: bool, registry_path: Path, policy: Path | None = None) -> PromotionOutcome:
     """The gate's decision on `adapter`, and its promotion when the gate (or --force) says so."""
     exact_delta = parse_delta(delta)
     check_adapter_folder(Path(adapter), track)  # before any metrics are read; checked again before the write
@@ -57,7 +57,7 @@ def promote(*, track: str, adapter: Path, metrics: Path | None, against: Path | 
     if decision is not None and not decision.promote and not force:
         return PromotionOutcome(track, decision, None, current, Path(registry_path))
     entry = record_promotion(registry_path, track, Path(adapter), metrics=candidate.as_dict() if candidate else None,
-                             decision=decision.as_dict() if decision else None, forced=force)
+                             decision=decision.as_dict() if decision else None, forced=force, policy_file=policy)
     return PromotionOutcome(track, decision, entry, current, Path(registry_path))
 
 
@@ -101,6 +101,9 @@ def describe(outcome: PromotionOutcome) -> str:
     else:
         entry = outcome.entry
         forced = " (forced)" if entry.forced else ""
+        gate = entry.gate()
         lines.append(f"promoted{forced}: track {entry.track} v{entry.version} {entry.adapter}, replacing {serving}, "
-                     f"in {outcome.registry_path}")
+                     f"in {outcome.registry_path}; confidence gate: "
+                     + (f"threshold {gate.threshold} ({gate.path})" if gate else "none given (the gateway keeps the "
+                        "track's)"))
     return "\n".join(lines)

@@ -206,6 +206,8 @@ class GatewayPromoteRequest(Request):
     delta: str = option("0.01", "largest loss tolerated on a core metric, as a decimal; promoted only when better on "
                                 "one and not worse by more than delta on any, decided exactly on pass counts")
     force: bool = option(False, "promote whatever the gate says (or without --metrics); recorded as forced")
+    policy: Path | None = option(None, "the confidence gate calibrated for this adapter (`slm-swap gateway calibrate "
+                                       "--adapter DIR`), switched with it (none: the gateway keeps the track's gate)")
     registry: Path = option(DEFAULT_REGISTRY, "the registry of promoted adapters the gateway follows")
 
 

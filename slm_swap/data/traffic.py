@@ -1,6 +1,6 @@
 """The gateway's traffic as training rows: the flywheel's collect and rows steps, as pure functions.
 
-    batch = read_new_records(records_path)               # the records appended since the last commit
+    batch = read_new_records(records_path, track)             # the records appended since the last commit
     harvest = rows_from_records(batch.records, scrub=settings.scrub)
     heldout = update_heldout(heldout, harvest.for_track("toolcall"), trained_prompts=..., max_new=8)
     train = merge_train(train, harvest.for_track("toolcall"), heldout)

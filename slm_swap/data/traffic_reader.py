@@ -1,10 +1,11 @@
 """The gateway's records appended since the last round, by a watermark kept beside the records file.
 
-    batch = read_new_records(records_path)   # batch.records: the complete lines after the watermark
-    ...                                      # the round's work
-    commit(batch)                            # the watermark moves past them, atomically
+    batch = read_new_records(records_path, "toolcall")   # the complete lines after toolcall's watermark
+    ...                                                  # the round's work
+    commit(batch)                                        # that watermark moves past them, atomically
 
-The watermark (`<records>.watermark.json`) holds the byte offset after the last line consumed, the
+Each reader (a flywheel track) keeps its own watermark beside the records, `<records>.<reader>.watermark.json`,
+so rounds of both tracks over one records file each see every record once. A watermark holds the byte offset after the last line consumed, the
 number of lines before it (so an error names the file's own line number) and the sha256 of the
 file's first line. A records file that was replaced, rotated or truncated (another first line, a
 size below the offset, or no line ending just before it) is read again from its start, and the
@@ -29,9 +30,10 @@ WATERMARK_KEYS = {"offset", "lines", "first_line_sha256"}
 
 @dataclass(frozen=True)
 class TrafficBatch:
-    """The records read in one round, and where the next round starts once `commit`ted."""
+    """The records read in one round, and where the reader's next round starts once `commit`ted."""
 
     records_path: Path
+    reader: str  # whose watermark this batch moves
     records: list[dict[str, Any]]
     start: int  # byte offset the reading began at
     end: int  # byte offset after the last complete line read
@@ -40,16 +42,18 @@ class TrafficBatch:
     restarted: str | None = None  # why the file was read from its start though a watermark was kept
 
 
-def watermark_path(records_path: Path) -> Path:
+def watermark_path(records_path: Path, reader: str) -> Path:
     records_path = Path(records_path)
-    return records_path.with_name(f"{records_path.name}.watermark.json")
+    if not reader.isidentifier():
+        raise SlmSwapError(f"watermark reader {reader!r}: expected a name such as a track")
+    return records_path.with_name(f"{records_path.name}.{reader}.watermark.json")
 
 
-def read_new_records(records_path: Path) -> TrafficBatch:
-    """The complete records after the watermark (all of them without one, or after a rotation).
+def read_new_records(records_path: Path, reader: str) -> TrafficBatch:
+    """The complete records after `reader`'s watermark (all of them without one, or after a rotation).
     A bad line: one line naming the file and line number. No records file yet: no records."""
     path = Path(records_path)
-    mark = _load_watermark(path)
+    mark = _load_watermark(path, reader)
     try:
         with path.open("rb") as handle:
             first = handle.readline()
@@ -60,17 +64,18 @@ def read_new_records(records_path: Path) -> TrafficBatch:
             data = handle.read(size - start)  # what is appended meanwhile waits for the next round
     except FileNotFoundError:
         gone = "the records file is gone" if mark and mark["offset"] else None
-        return TrafficBatch(path, [], 0, 0, 0, None, gone)
+        return TrafficBatch(path, reader, [], 0, 0, 0, None, gone)
     except OSError as exc:
         raise SlmSwapError(f"gateway records {path}: {exc.strerror or exc}") from None
     complete = data[: data.rfind(b"\n") + 1]  # a torn last line is left for later
     records = parse_records(path, complete, first_number=lines + 1)
-    return TrafficBatch(path, records, start, start + len(complete), lines + complete.count(b"\n"), fingerprint, restarted)
+    return TrafficBatch(path, reader, records, start, start + len(complete), lines + complete.count(b"\n"), fingerprint,
+                        restarted)
 
 
 def commit(batch: TrafficBatch) -> None:
-    """Move the watermark past the batch's records (atomically): the next round reads after them."""
-    write_json(watermark_path(batch.records_path), {
+    """Move the reader's watermark past the batch's records (atomically): its next round reads after them."""
+    write_json(watermark_path(batch.records_path, batch.reader), {
         "records": batch.records_path.name, "offset": batch.end, "lines": batch.lines,
         "first_line_sha256": batch.first_line_sha256})
 
@@ -89,8 +94,8 @@ def _resume_point(mark: dict[str, Any] | None, fingerprint: str | None, size: in
     return mark["offset"], mark["lines"], None
 
 
-def _load_watermark(records_path: Path) -> dict[str, Any] | None:
-    path = watermark_path(records_path)
+def _load_watermark(records_path: Path, reader: str) -> dict[str, Any] | None:
+    path = watermark_path(records_path, reader)
     if not path.exists():
         return None
     mark = read_json(path, "watermark file")

@@ -238,10 +238,16 @@ class Policy:
 def load_policy(path: Path) -> Policy:
     """The policy file `gateway calibrate` wrote; anything else is one line naming the file."""
     path = Path(path)
-    data = read_json(path, "policy file")
+    return policy_from_data(read_json(path, "policy file"), path)
+
+
+def policy_from_data(data: Any, path: Path, where: str | None = None) -> Policy:
+    """A policy from the content of the file `path` (read there, or kept in the registry of promoted
+    adapters: `where` names that place in errors); anything else is one line."""
+    place = where or str(path)
 
     def bad(why: str) -> SlmSwapError:
-        return SlmSwapError(f"{path}: not a gateway policy file ({why}); run `slm-swap gateway calibrate` again")
+        return SlmSwapError(f"{place}: not a gateway policy file ({why}); run `slm-swap gateway calibrate` again")
 
     if not isinstance(data, dict) or data.get("kind") != POLICY_KIND:
         raise bad(f"expected an object with kind {POLICY_KIND!r}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slm_swap.core.tracks import get_track
+from slm_swap.evaluation.calibrate import Policy, policy_from_data
 from slm_swap.infra.config import DEFAULT_GATEWAY_RECORDS
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_json, remove_stale_temps, sha256_file, write_json
@@ -50,11 +51,22 @@ class PromotedAdapter:
     decision: dict[str, Any] | None  # PromotionDecision.as_dict(); None: forced without a gate
     forced: bool
     promoted_at: str
+    # The gateway's confidence gate calibrated for this adapter (the policy file's content, and where
+    # that file was): switched with the adapter in one registry write. None: promoted without one.
+    policy: dict[str, Any] | None = None
+    policy_file: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"track": self.track, "version": self.version, "adapter": str(self.adapter), "manifest": self.manifest,
                 "files": self.files, "metrics": self.metrics, "decision": self.decision, "forced": self.forced,
-                "promoted_at": self.promoted_at}
+                "promoted_at": self.promoted_at, "policy": self.policy, "policy_file": self.policy_file}
+
+    def gate(self) -> Policy | None:
+        """The confidence gate promoted with this adapter, or None."""
+        if self.policy is None:
+            return None
+        return policy_from_data(self.policy, Path(self.policy_file or "policy"),
+                                where=f"the policy of {self.track} v{self.version} in the registry")
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> PromotedAdapter:
@@ -65,11 +77,16 @@ class PromotedAdapter:
         for key, kind in kinds.items():
             if not isinstance(data.get(key), kind) or (kind is int and isinstance(data[key], bool)):
                 raise SlmSwapError(f"{where}: bad or missing {key!r} in a promotion")
+        # Optional: registries written before gates were promoted with their adapters lack them.
+        for key, kind in {"policy": (dict, type(None)), "policy_file": (str, type(None))}.items():
+            if not isinstance(data.get(key), kind):
+                raise SlmSwapError(f"{where}: bad {key!r} in a promotion")
         if data["version"] < 1:
             raise SlmSwapError(f"{where}: 'version' must be >= 1, got {data['version']}")
         return cls(track=data["track"], version=data["version"], adapter=Path(data["adapter"]),
                    manifest=data["manifest"], files=data["files"], metrics=data["metrics"], decision=data["decision"],
-                   forced=data["forced"], promoted_at=data["promoted_at"])
+                   forced=data["forced"], promoted_at=data["promoted_at"], policy=data.get("policy"),
+                   policy_file=data.get("policy_file"))
 
 
 @dataclass(frozen=True)
@@ -191,21 +208,36 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def record_promotion(path: Path, track: str, adapter: Path, *, metrics: dict[str, Any] | None,
-                     decision: dict[str, Any] | None, forced: bool) -> PromotedAdapter:
+                     decision: dict[str, Any] | None, forced: bool, policy_file: Path | None = None) -> PromotedAdapter:
     """Append a promotion of `adapter` for `track` with the track's next version and make it the one
-    served; the adapter is checked whole first, and the registry written atomically last."""
+    served, with its confidence gate when `policy_file` (calibrated for this very adapter) is given; the
+    adapter and the policy are checked first, and the registry written atomically last."""
     path, adapter = Path(path), Path(adapter).resolve()
     get_track(track)
     manifest, files = check_adapter_folder(adapter, track)
+    policy = _checked_policy(Path(policy_file), track, adapter) if policy_file is not None else None
     with _locked(path):
         remove_stale_temps(path)  # a writer killed mid-write leaves its temporary file
         registry = load_registry(path)
         entries = registry.history.get(track, [])
         entry = PromotedAdapter(track=track, version=entries[-1].version + 1 if entries else 1, adapter=adapter,
                                 manifest=manifest, files=files, metrics=metrics, decision=decision, forced=forced,
-                                promoted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                                promoted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), policy=policy,
+                                policy_file=str(policy_file) if policy_file is not None else None)
         write_json(path, Registry(path, {**registry.history, track: [*entries, entry]}).as_dict())
     return entry
+
+
+def _checked_policy(policy_file: Path, track: str, adapter: Path) -> dict[str, Any]:
+    """The content of a policy file calibrated for `adapter` on `track`; anything else is one line."""
+    data = read_json(policy_file, "policy file")
+    policy = policy_from_data(data, policy_file)
+    if policy.track != track:
+        raise SlmSwapError(f"--policy {policy_file}: calibrated for track {policy.track!r}, not {track!r}")
+    if not same_folder(policy.adapter, adapter):
+        raise SlmSwapError(f"--policy {policy_file}: calibrated for {policy.adapter or 'the base model'}, not the "
+                           f"adapter {adapter} (run `slm-swap gateway calibrate --adapter {adapter}`)")
+    return data
 
 
 def same_folder(a: str | Path | None, b: Path) -> bool:
