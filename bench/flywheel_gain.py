@@ -10,7 +10,7 @@ model before any promotion), so nearly everything falls back and the records are
 flywheel round (`slm_swap.app.flywheel.run_round`, the steps `slm-swap flywheel` runs) on those records:
 rows, fine-tune, evaluate on the held-out traffic, gate, calibrate, promote. Round k: a FRESH batch
 (rows of the prepared data no earlier batch held: never trained on, never held out) replayed with what
-the registry now promotes and the installed policy, and so on.
+the registry now promotes, with the confidence gate promoted with it, and so on.
 
 The rows: the prepared train and test rows of the track, cut into disjoint batches of --batch rows in
 file order. The flywheel's "main job" rows are the prepared val rows only (its train and val files),
@@ -126,13 +126,11 @@ def served_by(registry: Path, track: str) -> str:
     return f"v{entry.version}" if entry else "base"
 
 
-def replay(args: argparse.Namespace, number: int, batch_dir: Path, policy: Path) -> ReplayFigures:
+def replay(args: argparse.Namespace, number: int, batch_dir: Path) -> ReplayFigures:
     argv = ["--track", args.track, "--split", "test", "--data-dir", str(batch_dir), "--registry",
             str(args.work / "registry.json"), "--records", str(args.work / "records" / f"round-{number}.jsonl"),
             "--concurrency", str(args.concurrency), "--delta", args.delta, "--progress", "off"]
-    argv += [item for fault in args.fault for item in ("--fault", fault)]
-    if policy.is_file():
-        argv += ["--policy", str(policy)]
+    argv += [item for fault in args.fault for item in ("--fault", fault)]  # the gate: the registry's, with its adapter
     print(f"\n######## round {number}: replay of {args.batch} fresh requests", flush=True)
     return gateway_replay.run(gateway_replay.parse_args(argv))[0]
 
@@ -195,7 +193,7 @@ def run(args: argparse.Namespace) -> list[RoundFigures]:
         os.environ.update(HOSTED_BASE_URL=hosted.url, HOSTED_MODEL=hosted.model)
         for number, batch_dir in enumerate(batches):
             served = served_by(args.work / "registry.json", args.track)
-            results.append(RoundFigures(number, served, replay(args, number, batch_dir, policy)))
+            results.append(RoundFigures(number, served, replay(args, number, batch_dir)))
             if number < args.rounds:
                 results[-1].flywheel = flywheel(args, number, policy)
     return results

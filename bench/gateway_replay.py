@@ -54,7 +54,7 @@ from slm_swap.core.compare import MetricRow, delta_text, parse_delta
 from slm_swap.core.prompts import build_messages
 from slm_swap.core.tracks import ROW_TRACKS, RowTrack, get_row_track
 from slm_swap.data.examples import Example
-from slm_swap.evaluation.registry import load_registry, promoted_adapter
+from slm_swap.evaluation.registry import load_promoted, load_registry, promoted_adapter
 from slm_swap.evaluation.rows import load_split
 from slm_swap.infra import json_input
 from slm_swap.infra.config import DEFAULT_DATA_DIR, DEFAULT_FT_DIR, DEFAULT_GATEWAY_RECORDS, load_settings
@@ -290,7 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-adapters", action="store_true", help="the base model answers every track")
     parser.add_argument("--registry", type=Path, metavar="FILE",
                         help="serve each track's adapter promoted in this registry (`slm-swap flywheel`'s) instead of "
-                             "--adapters-dir; a track with none: the base model")
+                             "--adapters-dir, with the confidence gate promoted with it unless --policy names one; a track "
+                             "with none: the base model")
     parser.add_argument("--hosted", choices=("stand-in", "real"), default="stand-in",
                         help="stand-in: the scripted teacher, NOT A MODEL; real: HOSTED_BASE_URL/HOSTED_MODEL or "
                              "AZURE_* as for `eval` (default: %(default)s)")
@@ -360,6 +361,10 @@ def run(args: argparse.Namespace) -> list[ReplayFigures]:
     delta = parse_delta(args.delta)
     rows = {track: load_replay_rows(args.data_dir, track, args.split, args.limit) for track in args.track}
     policies = load_policies(args.policy, args.track)
+    if args.registry is not None:  # a promoted adapter's own gate, where no --policy names one (as the gateway does)
+        for track, entry in load_promoted(args.registry).items():
+            if track in args.track and track not in policies and (gate := entry.gate()) is not None:
+                policies[track] = gate
     with ExitStack() as stack:
         hosted = hosted_side(args, settings, rows, stack)
         adapters = slm_adapters(args, settings)

@@ -30,21 +30,23 @@ def points(*triples: tuple[bool, float, bool]) -> list[Point]:
 
 
 def test_the_lowest_threshold_that_reaches_the_target_wins_even_past_one_that_does_not():
-    sample = points((True, -0.1, True), (True, -0.2, True), (True, -0.3, False), (True, -0.4, True),
-                    (True, -0.5, False), (False, -0.01, True))  # the invalid answer is never accepted
-    choice = pick_threshold(sample, Fraction(3, 4))
-    # accepting down to -0.3 gives 2/3 (below 3/4); down to -0.4, 3/4 again; down to -0.5, 3/5
-    assert (choice.threshold, choice.accepted, choice.correct) == (-0.4, 4, 3)
-    assert (choice.n, choice.valid, choice.coverage) == (6, 5, Fraction(4, 6))
-    assert [(c.threshold, c.accepted, c.correct) for c in choice.curve] == [
-        (-0.1, 1, 1), (-0.2, 2, 2), (-0.3, 3, 2), (-0.4, 4, 3), (-0.5, 5, 3)]
+    # From the top: 5 right, then 3 wrong, then 12 right, then 10 wrong (and an invalid answer, never accepted).
+    sample = points(*[(True, -0.1 - i / 100, True) for i in range(5)], *[(True, -0.2 - i / 100, False) for i in range(3)],
+                    *[(True, -0.3 - i / 100, True) for i in range(12)], *[(True, -0.5 - i / 100, False) for i in range(10)],
+                    (False, -0.01, True))
+    choice = pick_threshold(sample, Fraction(1, 2))
+    # 5/5 reaches 1/2 (a fair coin does that 1 time in 32); 5/8 does not; 17/24 still does (p = 0.032); 17/25 not
+    assert (choice.threshold, choice.accepted, choice.correct) == (-0.53, 24, 17)
+    assert (choice.n, choice.valid, choice.coverage) == (31, 30, Fraction(24, 31))
+    reaching = [c.accepted for c in choice.curve if reaches(c.correct, c.accepted, Fraction(1, 2))]
+    assert reaching[:1] == [5] and 8 not in reaching and max(reaching) == 24
 
 
 def test_answers_of_equal_confidence_are_accepted_together_or_not_at_all():
-    sample = points((True, -0.1, True), (True, -0.2, True), (True, -0.2, False))
-    choice = pick_threshold(sample, Fraction(1))
-    assert (choice.threshold, choice.accepted) == (-0.1, 1)  # -0.2 would take the wrong one with the right one
-    assert [c.accepted for c in choice.curve] == [1, 3]
+    sample = points(*[(True, -0.1 - i / 10, True) for i in range(5)], (True, -0.6, True), (True, -0.6, False))
+    choice = pick_threshold(sample, Fraction(1, 2))
+    assert (choice.threshold, choice.accepted) == (-0.5, 5)  # -0.6 would take the wrong one with the right one: 6/7
+    assert [c.accepted for c in choice.curve] == [1, 2, 3, 4, 5, 7]
 
 
 def test_nothing_reaching_the_target_means_no_threshold_and_coverage_zero():
@@ -56,20 +58,23 @@ def test_nothing_reaching_the_target_means_no_threshold_and_coverage_zero():
 
 
 def test_when_every_valid_answer_reaches_the_target_all_of_them_are_accepted():
-    sample = points((True, -0.5, True), (True, -2.0, True), (False, -0.1, False), (True, -math.inf, True))
-    choice = pick_threshold(sample, Fraction(1))
+    sample = points(*[(True, -0.5 * (i + 1), True) for i in range(6)], (False, -0.1, False), (True, -math.inf, True))
+    choice = pick_threshold(sample, Fraction(1, 2))
     # the lowest finite confidence; an answer of no tokens (-inf) is below every threshold
-    assert (choice.threshold, choice.accepted, choice.correct) == (-2.0, 2, 2)
+    assert (choice.threshold, choice.accepted, choice.correct) == (-3.0, 6, 6)
 
 
-def test_the_target_is_decided_on_exact_counts_not_floats():
-    # hosted 4/20 minus delta 0.05 is exactly 3/20; in floats 0.2 - 0.05 = 0.15000000000000002 > 3/20
-    target = Fraction(4, 20) - Fraction("0.05")
-    sample = points(*[(True, -0.1, True)] * 3, *[(True, -0.1 - i / 100, False) for i in range(1, 18)])
-    assert 3 / 20 < 0.2 - 0.05  # the float comparison would refuse it
-    assert reaches(3, 20, target) and not reaches(2, 20, target) and not reaches(0, 0, Fraction(0))
-    assert pick_threshold(sample, target).accepted == 20
-    assert parse_target("0.15") == Fraction(3, 20)
+def test_a_threshold_needs_enough_evidence_decided_exactly_on_counts():
+    """The one-sided exact binomial test at 95%: one right answer proves nothing; the evidence needed
+    grows with the target, and a target of 1 is never shown by any finite count."""
+    assert reaches(5, 5, Fraction(1, 2)) and not reaches(4, 4, Fraction(1, 2))  # 1/32 <= 1/20 < 1/16
+    assert reaches(23, 23, Fraction(7, 8)) and not reaches(22, 22, Fraction(7, 8))  # (7/8)^23 = 0.046, ^22 = 0.053
+    assert not reaches(1, 1, Fraction(99, 100)) and not reaches(298, 298, Fraction(99, 100))
+    assert reaches(299, 299, Fraction(99, 100)) and not reaches(1000, 1000, Fraction(1))
+    assert reaches(1, 1, Fraction(1, 20))  # the tail is exactly alpha: at most alpha reaches
+    assert not reaches(0, 0, Fraction(0)) and reaches(0, 3, Fraction(0))
+    assert pick_threshold(points((True, -0.1, True)), Fraction(99, 100)).threshold is None  # the flywheel's case
+    assert parse_target("0.15") == Fraction(3, 20)  # a typed decimal is exact, not 0.1499999...
 
 
 def test_a_nan_confidence_is_a_bug_not_a_point():
@@ -140,13 +145,15 @@ def written_policy(tmp_path, choice, target=Fraction(3, 4)):
 
 
 def test_the_policy_round_trips_and_decides_as_the_threshold_says(tmp_path):
-    choice = pick_threshold(points((True, -0.1, True), (True, -0.3, True), (True, -0.9, False)), Fraction(3, 4))
-    policy = load_policy(written_policy(tmp_path, choice))
-    assert (policy.track, policy.threshold, policy.target, policy.split) == ("toolcall", -0.3, Fraction(3, 4), "val")
+    right = [(True, c, True) for c in (-0.1, -0.15, -0.2, -0.25, -0.3)]
+    choice = pick_threshold(points(*right, (True, -0.9, False)), Fraction(1, 2))
+    policy = load_policy(written_policy(tmp_path, choice, Fraction(1, 2)))
+    assert (policy.track, policy.threshold, policy.target, policy.split) == ("toolcall", -0.3, Fraction(1, 2), "val")
     assert (policy.model_identity, policy.adapter) == ("m", "a")
     assert policy.accepts(True, -0.3) and not policy.accepts(True, -0.31) and not policy.accepts(False, 0.0)
     document = json.loads(policy.path.read_text())
-    assert document["operating_point"]["accepted"] == 2 and document["target"]["accuracy"] == "3/4"
+    assert document["operating_point"]["accepted"] == 5 and document["target"]["accuracy"] == "1/2"
+    assert document["test"] == {"kind": "one-sided exact binomial", "alpha": "1/20"}
 
 
 def test_a_policy_whose_target_nothing_reached_accepts_nothing(tmp_path):
@@ -164,7 +171,8 @@ def test_a_policy_whose_target_nothing_reached_accepts_nothing(tmp_path):
     (lambda text: text.replace('"version": 1', '"version": 9'), "version 9"),
 ])
 def test_a_damaged_policy_file_is_one_line_naming_it(tmp_path, damage, says):
-    path = written_policy(tmp_path, pick_threshold(points((True, -0.1, True)), Fraction(1)), Fraction(1))
+    choice = pick_threshold(points(*[(True, -0.1, True)] * 5), Fraction(1, 2))  # a threshold: -0.1
+    path = written_policy(tmp_path, choice, Fraction(1))
     path.write_text(damage(path.read_text()))
     with pytest.raises(SlmSwapError) as caught:
         load_policy(path)
@@ -211,7 +219,7 @@ def test_calibrate_writes_a_policy_and_its_chart_with_the_hosted_accuracy_as_tar
     assert document["operating_point"]["n"] == 3
     # a random tiny model writes no valid call: nothing reaches the target, and the output says so
     assert document["threshold"] is None and document["operating_point"]["accepted"] == 0
-    assert "no threshold reaches it: coverage 0/3" in printed
+    assert "no threshold reaches it with 95% confidence (one-sided exact binomial test): coverage 0/3" in printed
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n")
     assert load_policy(out).threshold is None
     assert (out.parent / "calibration_toolcall_val.json").is_file()  # the SLM's eval, kept beside it

@@ -69,7 +69,27 @@ def test_adapter_changes_outputs_and_models_load_once(tiny_model_dir, tiny_adapt
     base_texts = [c.text for c in base.complete(messages)]
     tuned_texts = [c.text for c in tuned.complete(messages)]
     assert base_texts != tuned_texts
-    assert [c.text for c in tuned.complete(messages, adapter=None)] == base_texts  # adapter off = base
+    unmerged = LocalModel(tiny_model_dir)
+    unmerged.add_adapter("tuned", tiny_adapter_dir)
+    assert [c.text for c in unmerged.complete(messages, adapter=None)] == base_texts  # adapter off = base
+
+
+def test_an_evals_adapter_is_merged_and_answers_as_the_adapter_unmerged_in_fp32(tiny_model_dir, tiny_adapter_dir):
+    """An eval serves one adapter: it is folded into the weights (no LoRA layers on every decode
+    step), and in full precision that changes no output, token or log-probability beyond rounding."""
+    merged = load_local_model(tiny_model_dir, tiny_adapter_dir)
+    assert merged.merged_adapter == tiny_adapter_dir and not merged.adapters
+    assert not any("lora" in name for name, _ in merged.model.named_modules())
+    unmerged = LocalModel(tiny_model_dir)
+    unmerged.add_adapter("tuned", tiny_adapter_dir)
+    unmerged.default_adapter = "tuned"
+    prompts = [merged.render(m) for m in bfcl_messages(6)]
+    one, other = merged.generate(prompts, max_new_tokens=24), unmerged.generate(prompts, max_new_tokens=24)
+    assert [g.tokens for g in one] == [g.tokens for g in other] and [g.text for g in one] == [g.text for g in other]
+    assert max(abs(a - b) for x, y in zip(one, other) for a, b in zip(x.token_logprobs, y.token_logprobs)) < 1e-4
+    assert [g.text for g in unmerged.generate(prompts, adapter=None, max_new_tokens=24)] != [g.text for g in one]
+    with pytest.raises(SlmSwapError, match="merged into this model"):
+        merged.generate(prompts, adapter=None)
 
 
 def test_missing_checkpoint_and_adapter_are_one_line_errors(tmp_path, tiny_model_dir):

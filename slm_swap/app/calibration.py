@@ -189,7 +189,8 @@ def describe(result: Calibration) -> str:
                if source.get("source") == "hosted" else "")
     head = f"{result.policy_path}: target accuracy {float(target):.4f}{derived}; "
     if choice.threshold is None:
-        return (head + f"no threshold reaches it: coverage 0/{choice.n}, every request goes to the hosted model "
+        return (head + f"no threshold reaches it with 95% confidence (one-sided exact binomial test): coverage "
+                f"0/{choice.n}, every request goes to the hosted model "
                 f"({choice.valid}/{choice.n} answers valid); chart {result.chart_path}")
     return (head + f"threshold {choice.threshold:.6g} accepts {choice.accepted}/{choice.n} "
             f"(coverage {float(choice.coverage):.3f}), {choice.correct}/{choice.accepted} right; chart {result.chart_path}")

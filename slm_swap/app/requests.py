@@ -181,7 +181,8 @@ class GatewayCalibrateRequest(Request):
     track: RowTrack = option(..., "")
     adapter: Path | None = option(None, "LoRA adapter folder the gateway serves for this track")
     split: Split = option("val", "labelled split the threshold is chosen on")
-    target: str | None = option(None, "accuracy the accepted SLM answers must reach, as a decimal (default: the hosted "
+    target: str | None = option(None, "accuracy the accepted SLM answers must show with 95% confidence (an exact "
+                                      "binomial test on the counts), as a decimal (default: the hosted "
                                       "model's accuracy on the split, from its eval in --eval-dir, minus --delta)")
     delta: str = option("0.01", "with the default target: how far below the hosted model's accuracy it may be")
     out: Path | None = option(None, "policy file (default: slm_swap/06_gateway/policy_<track>.json); the "

@@ -8,12 +8,16 @@ it accepts as accurate as the target, chosen on a labelled split (`slm-swap gate
 
 An answer is accepted when the request's validators pass it and its confidence is at least the
 threshold. The threshold is the one with the most coverage whose accepted answers reach the target
-accuracy, decided on counts with exact arithmetic (correct * den >= num * accepted), as `compare` is.
+accuracy with 95% confidence: an exact one-sided binomial test on the counts, in integer arithmetic
+(`reaches`), so that a threshold is never chosen on too little evidence. Measured in the flywheel
+demo: a threshold that accepted 1 of 6 held-out answers (1 right) then served 6 of 24 fresh requests,
+5 of them wrong; with the test, 1 of 1 right proves nothing and the gate accepts nothing there.
 """
 
 from __future__ import annotations
 
 import math
+from math import comb
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -93,9 +97,22 @@ class ThresholdChoice:
         return Fraction(self.accepted, self.n) if self.n else Fraction(0)
 
 
-def reaches(correct: int, accepted: int, target: Fraction) -> bool:
-    """Whether `correct` of `accepted` answers is at least `target`, exactly (no float rounding)."""
-    return accepted > 0 and correct * target.denominator >= target.numerator * accepted
+ALPHA = Fraction(1, 20)  # the chance we accept to pick a threshold whose true accuracy is below the target
+
+
+def reaches(correct: int, accepted: int, target: Fraction, alpha: Fraction = ALPHA) -> bool:
+    """Whether `correct` right of `accepted` shows an accuracy of at least `target` with confidence
+    1 - alpha: were the true accuracy `target` (or lower), this many right answers or more would
+    occur with probability at most alpha. An exact one-sided binomial test, in integers:
+    sum_{i >= correct} C(n, i) num^i (den - num)^(n - i) <= alpha * den^n. So 1 of 1 right shows
+    little, 23 of 23 show 7/8, and no count shows a target of 1."""
+    if accepted == 0 or correct > accepted:
+        return False
+    if target == 0:
+        return True
+    num, den = target.numerator, target.denominator
+    tail = sum(comb(accepted, i) * num**i * (den - num) ** (accepted - i) for i in range(correct, accepted + 1))
+    return tail * alpha.denominator <= alpha.numerator * den**accepted
 
 
 def risk_coverage_curve(points: Sequence[Point]) -> tuple[CurvePoint, ...]:
@@ -114,7 +131,8 @@ def risk_coverage_curve(points: Sequence[Point]) -> tuple[CurvePoint, ...]:
 
 
 def pick_threshold(points: Sequence[Point], target: Fraction) -> ThresholdChoice:
-    """The threshold with the most coverage whose accepted answers reach `target` accuracy.
+    """The threshold with the most coverage whose accepted answers reach `target` accuracy (`reaches`:
+    with 95% confidence).
 
     Coverage grows as the threshold falls, so the lowest threshold that reaches the target wins;
     when none does, the threshold is None and coverage 0 (the gateway sends everything to the
@@ -210,6 +228,7 @@ def policy_document(*, track: str, split: str, model: dict[str, Any], dataset: d
         "confidence": CONFIDENCE_MEASURE,
         "threshold": choice.threshold,
         "target": {"accuracy": str(target), "decimal": float(target), **target_source},
+        "test": {"kind": "one-sided exact binomial", "alpha": str(ALPHA)},
         "operating_point": operating,
         "curve": [{"threshold": c.threshold, "accepted": c.accepted, "correct": c.correct} for c in choice.curve],
         "created_at": created_at,

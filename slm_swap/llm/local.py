@@ -73,6 +73,7 @@ class LocalModel:
         self.model.eval()
         self.adapters: dict[str, Path] = {}
         self.default_adapter: str | None = BASE
+        self.merged_adapter: Path | None = None  # an adapter folded into the weights (`merge_adapter`)
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_ids.add(self.tokenizer.eos_token_id)
@@ -114,6 +115,24 @@ class LocalModel:
             raise SlmSwapError(f"--adapter {path}: cannot be applied to {self.model_path}: {_first_line(exc)}") from None
         self.model.eval()
         self.adapters[name] = path
+
+    def merge_adapter(self, path: Path) -> None:
+        """Fold a LoRA adapter into the weights (PEFT's `merge_and_unload`): the model then computes
+        what base + adapter computes, without the adapter layers' extra matmuls and Python calls on
+        every step. For a model that serves one adapter only (an eval); full precision only, since
+        folding into 4-bit weights re-rounds them (use `add_adapter` there)."""
+        from peft import PeftModel
+
+        path = Path(path)
+        check_adapter(path)
+        if self.quantization or self.adapters or self.merged_adapter is not None:
+            raise SlmSwapError(f"--adapter {path}: merging needs a full-precision model without other adapters")
+        try:
+            self.model = PeftModel.from_pretrained(self.model, path).merge_and_unload()
+        except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:  # e.g. shapes of another base model
+            raise SlmSwapError(f"--adapter {path}: cannot be applied to {self.model_path}: {_first_line(exc)}") from None
+        self.model.eval()
+        self.merged_adapter = path
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -182,6 +201,8 @@ class LocalModel:
     @contextlib.contextmanager
     def _using(self, adapter: str | None):
         """The named adapter active (BASE: none) for the duration."""
+        if adapter is BASE and self.merged_adapter is not None:
+            raise SlmSwapError(f"the adapter {self.merged_adapter} is merged into this model: it cannot be turned off")
         if adapter == DEFAULT:
             adapter = self.default_adapter
         if self.adapters and adapter is BASE:
@@ -263,14 +284,17 @@ def _first_line(exc: BaseException) -> str:
 @functools.lru_cache(maxsize=2)
 def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE,
                      load_in_4bit: bool | None = None) -> LocalModel:
-    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default.
-    Settings and the adapter are checked before the base model is loaded."""
+    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default:
+    merged into the weights in full precision (no LoRA layers on every decode step), kept as an
+    adapter on a 4-bit model. Settings and the adapter are checked before the base model is loaded."""
     if batch_size < 1:
         raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
     if adapter is not None:
         check_adapter(adapter)
     model = LocalModel(model_path, batch_size=batch_size, load_in_4bit=load_in_4bit)
-    if adapter is not None:
+    if adapter is not None and model.quantization is None:
+        model.merge_adapter(adapter)
+    elif adapter is not None:
         model.add_adapter("adapter", adapter)
         model.default_adapter = "adapter"
     return model
