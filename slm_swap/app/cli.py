@@ -102,7 +102,8 @@ def cmd_serve(request: ServeRequest) -> int:
     api_key = request.api_key or (env_key.get_secret_value() if env_key else None)
     serve(request.model_path or settings.slm_model_path, host=request.host, port=request.port, adapters=adapters,
           api_key=api_key, model_name=request.model_name, batch_size=request.batch_size,
-          max_new_tokens=request.max_new_tokens, load_in_4bit=request.load_in_4bit, batch_wait_ms=request.batch_wait_ms)
+          max_new_tokens=request.max_new_tokens, load_in_4bit=request.load_in_4bit, batch_wait_ms=request.batch_wait_ms,
+          allow_adapter_loading=request.allow_adapter_loading)
     return 0
 
 

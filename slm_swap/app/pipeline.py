@@ -142,7 +142,12 @@ class EvalOutcome:
 
 
 def model_identity(settings: Settings, kind: str, load_in_4bit: bool | None = None) -> str:
-    """What the metrics file will record as `model.identity`, known before anything is loaded."""
+    """What the metrics file will record as `model.identity`, known before anything is loaded (the SLM
+    on an engine by URL: the engine; the model name it is asked for is known once it is reached)."""
+    if kind == "slm" and settings.slm_base_url:
+        from slm_swap.llm.hosted import check_url, host_of
+
+        return f"engine@{host_of(check_url(settings.slm_base_url, 'SLM_BASE_URL'))}"
     if kind == "slm":
         from slm_swap.llm.local import local_identity
         from slm_swap.llm.quantization import resolve_quantization
@@ -257,7 +262,7 @@ def run_eval_step(
         return EvalOutcome(track, kind, adapter, out, read_json(out, "metrics file"), "reused")
     started_at = read_json(stamp_file, "pipeline stamp")["started_at"] if action == "resume" else now_utc().isoformat()
     write_json(stamp_file, {"fingerprint": fingerprint, "started_at": started_at, "finished_at": None, "metrics_sha256": None})
-    if kind == "slm":
+    if kind == "slm" and not settings.slm_base_url:
         hold_one_local_model(fingerprint["model_identity"], adapter, fingerprint["adapter_sha256"])
     request = EvalRequest(track=track, model_kind=kind, split=config.split, data_dir=config.data_dir, adapter=adapter,
                           limit=config.limit, resume=action == "resume", concurrency=config.concurrency,

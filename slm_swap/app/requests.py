@@ -108,7 +108,11 @@ class EvalRequest(Request):
     out: Path | None = option(None, "metrics file (default: <eval-dir>/<track>_<kind>[_ft]_<split>.json)")
     eval_dir: Path = option(DEFAULT_EVAL_DIR, "")
     data_dir: Path | None = option(None, f"(default: {DEFAULT_DATA_DIR}; for --track agent {DEFAULT_DISTILL_DIR})")
-    adapter: Path | None = option(None, "LoRA adapter folder (PEFT format) for the SLM")
+    adapter: Path | None = option(None, "LoRA adapter folder (PEFT format) for the SLM (with SLM_BASE_URL: the "
+                                        "engine loads it and is asked for it by name)")
+    slm_model: str | None = option(None, "with SLM_BASE_URL: the engine's model to evaluate, by name (an adapter it "
+                                         "serves, as vLLM --lora-modules or serve --adapter NAME=DIR name them); "
+                                         "default: --adapter loaded there, else the engine's base model")
     limit: int | None = option(None, "first N examples only")
     resume: bool = option(False, "finish an interrupted run, keeping finished examples")
     concurrency: int = concurrency_option("hosted: parallel requests; agent: agents in flight, the SLM's decoded together")
@@ -147,6 +151,9 @@ class ServeRequest(Request):
                                                        "before it starts; 0: at once")
     max_new_tokens: int = option(MAX_NEW_TOKENS, "default completion length cap")
     load_in_4bit: bool | None = load_in_4bit_option()
+    allow_adapter_loading: bool = option(False, "serve vLLM's POST /v1/load_lora_adapter, so `eval`/the pipeline given "
+                                                "SLM_BASE_URL can load the adapter they evaluate (it reads any folder "
+                                                "the caller names: keep the key and the loopback host)")
 
 
 class GatewayRequest(Request):

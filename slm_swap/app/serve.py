@@ -6,7 +6,8 @@
 Routes: `GET /v1/models`, `POST /v1/chat/completions` (model chosen by name: the base model's name
 or an adapter's), and Azure's `POST /openai/deployments/{name}/chat/completions?api-version=...`
 (the deployment name chooses the model), so both `openai.OpenAI` and `openai.AzureOpenAI` work
-against it. Decoding is greedy whatever sampling parameters say: this server exists to reproduce
+against it; with --allow-adapter-loading also vLLM's `POST /v1/load_lora_adapter` (`{"lora_name",
+"lora_path"}`), which `eval` and the pipeline use to load the adapter they evaluate by URL. Decoding is greedy whatever sampling parameters say: this server exists to reproduce
 evaluation outputs. One worker thread owns the model; requests queue and those waiting for the
 same model are generated together as one batch. Batches are formed fairly: the oldest waiting
 request is always in the next batch, so steady traffic to one adapter cannot starve another.
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from jinja2 import TemplateError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import ValidationError
@@ -106,9 +107,13 @@ def create_app(
     api_key: str | None = None,
     batch_size: int = 8,
     batch_wait_s: float = SERVE_BATCH_WAIT_MS / 1000,
+    allow_adapter_loading: bool = False,
 ) -> FastAPI:
     """The app around an already loaded model (adapters added to `model` before this call).
-    `batch_wait_s`: how long a batch short of `batch_size` waits for more requests (see `ModelWorker`)."""
+    `batch_wait_s`: how long a batch short of `batch_size` waits for more requests (see `ModelWorker`).
+    `allow_adapter_loading`: serve vLLM's `POST /v1/load_lora_adapter` ({"lora_name", "lora_path"}), so
+    an eval or the pipeline given SLM_BASE_URL can load the adapter it evaluates (off by default, as in
+    vLLM: it reads a folder named by the caller)."""
     worker = ModelWorker(model, batch_size, gather_s=batch_wait_s)
     chars_per_token = max_token_chars(model.tokenizer)
 
@@ -223,6 +228,32 @@ def create_app(
     async def openai_chat(request: Request) -> JSONResponse:
         return await chat(request, None)
 
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Response:
+        if not allow_adapter_loading:
+            return _error(404, "Loading adapters at runtime is off: start `slm-swap serve` with --allow-adapter-loading.",
+                          "invalid_request_error")
+        try:
+            body = json_input.loads(await read_body(request), max_bytes=BODY_MAX_BYTES)
+        except (BodyTooLarge, JsonInputError) as exc:
+            return _error(400, f"Request body is not a small JSON object: {exc}.", "invalid_request_error")
+        name, path = (body.get("lora_name"), body.get("lora_path")) if isinstance(body, dict) else (None, None)
+        if not isinstance(name, str) or not isinstance(path, str):
+            return _error(400, "Expected {\"lora_name\": NAME, \"lora_path\": DIR}.", "invalid_request_error")
+        try:
+            check_adapter_name(name)
+            check_adapter(Path(path))
+        except SlmSwapError as exc:
+            return _error(400, str(exc), "invalid_request_error")
+        if name == model_name or (name in model.adapters and Path(model.adapters[name]).resolve() != Path(path).resolve()):
+            return _error(400, f"The model '{name}' is already served from another folder.", "invalid_request_error")
+        if name not in model.adapters:  # loaded by the worker between two batches, served once whole
+            try:
+                await asyncio.wrap_future(worker.call(lambda: model.add_adapter(name, Path(path))))
+            except SlmSwapError as exc:
+                return _error(400, str(exc), "invalid_request_error")
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
     @app.post("/openai/deployments/{deployment}/chat/completions")
     async def azure_chat(deployment: str, request: Request) -> JSONResponse:
         return await chat(request, deployment)
@@ -257,6 +288,7 @@ def serve(
     max_new_tokens: int = MAX_NEW_TOKENS,
     load_in_4bit: bool | None = None,
     batch_wait_ms: float = SERVE_BATCH_WAIT_MS,
+    allow_adapter_loading: bool = False,
 ) -> None:
     """Check every setting and bind the port, then load the model and adapters and serve until interrupted."""
     import uvicorn
@@ -281,7 +313,8 @@ def serve(
         model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
         for adapter, path in (adapters or {}).items():
             model.add_adapter(adapter, path)
-        app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000)
+        app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000,
+                         allow_adapter_loading=allow_adapter_loading)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{url_host}:{bound_port}/v1", flush=True)

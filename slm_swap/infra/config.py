@@ -78,8 +78,9 @@ class Settings(BaseSettings):
     )
     slm_base_url: str | None = Field(
         None,
-        description="`slm-swap gateway`: the SLM as an OpenAI-compatible engine (`slm-swap serve`, vLLM with LoRA "
-        "modules), e.g. http://127.0.0.1:8000/v1; the adapter is chosen by model name per track.",
+        description="The SLM as an OpenAI-compatible engine (`slm-swap serve`, vLLM with LoRA modules), e.g. "
+        "http://127.0.0.1:8000/v1, for `eval --model-kind slm`, the pipeline's SLM evals, the agent eval and the "
+        "gateway; adapters are chosen by model name (`llm/engine.py`).",
     )
     slm_api_key: SecretStr | None = Field(None, description="API key for SLM_BASE_URL (if it needs one).")
     slm_swap_gateway_api_key: SecretStr | None = Field(

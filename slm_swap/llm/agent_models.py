@@ -23,6 +23,7 @@ from smolagents.models import ChatMessage, MessageRole, get_clean_message_list, 
 from smolagents.monitoring import TokenUsage
 
 from slm_swap.infra.config import Settings
+from slm_swap.infra.errors import SlmSwapError
 
 # New tokens per model turn, unless a capture says otherwise (`--max-turn-tokens`; the eval uses the
 # capture's): a CodeAct step is a thought and a block of code, longer than a single-call answer.
@@ -50,12 +51,17 @@ class AgentModel:
 
 def hosted_agent_model(settings: Settings, *, timeout_s: float = 60.0, max_retries: int = 4) -> AgentModel:
     """The hosted model (Azure or an OpenAI-compatible URL) as `eval` configures it."""
+    from slm_swap.llm.hosted import HostedClient
+
+    return api_agent_model(HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries))
+
+
+def api_agent_model(hosted: Any) -> AgentModel:
+    """A model behind the OpenAI API (a `HostedClient`, or the SLM's `EngineClient`), in smolagents'
+    `OpenAIModel` or `AzureOpenAIModel` with that client."""
     import openai
     from smolagents import AzureOpenAIModel, OpenAIModel
 
-    from slm_swap.llm.hosted import HostedClient
-
-    hosted = HostedClient(settings, timeout_s=timeout_s, max_retries=max_retries)
     model_class = AzureOpenAIModel if isinstance(hosted.client, openai.AzureOpenAI) else OpenAIModel
 
     def make_model(max_tokens: int) -> Any:
@@ -119,16 +125,26 @@ def local_agent_model(model: Any, *, batch_size: int = 8) -> AgentModel:
 
 def build_agent_model(kind: str, settings: Settings, *, adapter: Any = None, timeout_s: float = 60.0,
                       max_retries: int = 4, concurrency: int = 8, batch_size: int = 64,
-                      load_in_4bit: bool | None = None) -> tuple[AgentModel, dict[str, Any]]:
+                      load_in_4bit: bool | None = None, slm_model: str | None = None) -> tuple[AgentModel, dict[str, Any]]:
     """(the agent model for `--model-kind azure|slm`, the metrics file's `model` record), as
-    `clients.build_client` builds an eval's client: the hosted model, or the SLM loaded once by
-    `load_local_model` (with the adapter as its default)."""
+    `clients.build_client` builds an eval's client: the hosted model, the SLM on the engine at
+    SLM_BASE_URL (`slm_model`: a model it serves by name; else the adapter loaded there), or the SLM
+    loaded once by `load_local_model` (with the adapter as its default)."""
     from slm_swap.llm.clients import check_model_kind
 
     check_model_kind(kind, adapter=adapter, load_in_4bit=load_in_4bit)
+    if kind == "azure" and slm_model is not None:
+        raise SlmSwapError("--slm-model applies to --model-kind slm only")
     if kind == "azure":
         model = hosted_agent_model(settings, timeout_s=timeout_s, max_retries=max_retries)
         return model, {"kind": "azure", "identity": model.identity, "adapter": None}
+    if settings.slm_base_url or slm_model is not None:
+        from slm_swap.llm.clients import build_client
+
+        engine = build_client("slm", settings, adapter=adapter, timeout_s=timeout_s, max_retries=max_retries,
+                              load_in_4bit=load_in_4bit, slm_model=slm_model)
+        return api_agent_model(engine), {"kind": "slm", "identity": engine.identity,
+                                         "adapter": str(adapter) if adapter else None}
     from slm_swap.llm.local import load_local_model
 
     local = load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)

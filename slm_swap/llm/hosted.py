@@ -57,6 +57,17 @@ def split_azure_endpoint(endpoint: str, deployment: str | None) -> tuple[str, st
 MAX_TIMEOUT_S = 86_400
 
 
+def check_request_limits(concurrency: int, timeout_s: float, max_retries: int) -> None:
+    """The client's flags, one line each when out of range."""
+    if concurrency < 1:
+        raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
+    # A day at most: the HTTP stack turns a longer one into a deadline past what the OS can wait for.
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise SlmSwapError(f"--timeout must be a number of seconds > 0 and <= {MAX_TIMEOUT_S}, got {timeout_s}")
+    if max_retries < 0:
+        raise SlmSwapError(f"--max-retries must be >= 0, got {max_retries}")
+
+
 class HostedClient:
     kind = "azure"
 
@@ -68,13 +79,7 @@ class HostedClient:
         max_retries: int = 4,
         max_tokens: int = MAX_NEW_TOKENS,
     ):
-        if concurrency < 1:
-            raise SlmSwapError(f"--concurrency must be >= 1, got {concurrency}")
-        # A day at most: the HTTP stack turns a longer one into a deadline past what the OS can wait for.
-        if not 0 < timeout_s <= MAX_TIMEOUT_S:
-            raise SlmSwapError(f"--timeout must be a number of seconds > 0 and <= {MAX_TIMEOUT_S}, got {timeout_s}")
-        if max_retries < 0:
-            raise SlmSwapError(f"--max-retries must be >= 0, got {max_retries}")
+        check_request_limits(concurrency, timeout_s, max_retries)
         self.concurrency = concurrency
         self.max_tokens = max_tokens
         self.scrub = settings.scrub
@@ -85,7 +90,7 @@ class HostedClient:
             key = settings.hosted_api_key.get_secret_value() if settings.hosted_api_key else "unused"
             self.client = openai.OpenAI(base_url=check_url(settings.hosted_base_url, "HOSTED_BASE_URL"), api_key=key, **common)
             self.model = settings.hosted_model
-            self.identity = f"openai-compatible:{self.model}@{_host(settings.hosted_base_url)}"
+            self.identity = f"openai-compatible:{self.model}@{host_of(settings.hosted_base_url)}"
         else:
             missing = [name for name, value in (("AZURE_ENDPOINT", settings.azure_endpoint), ("AZURE_API_KEY", settings.azure_api_key)) if not value]
             if missing:
@@ -102,7 +107,7 @@ class HostedClient:
                 **common,
             )
             self.model = deployment
-            self.identity = f"azure:{deployment}@{_host(endpoint)}"
+            self.identity = f"azure:{deployment}@{host_of(endpoint)}"
 
     def _create(self, messages: list[dict[str, str]]):
         return self.client.chat.completions.create(
@@ -131,7 +136,7 @@ class HostedClient:
         self.client.close()
 
 
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 

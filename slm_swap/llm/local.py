@@ -98,6 +98,9 @@ class LocalModel:
 
     @property
     def adapter_path(self) -> Path | None:
+        """The adapter the model answers with by default: merged into it, or its default adapter."""
+        if self.merged_adapter is not None:
+            return self.merged_adapter
         return self.adapters.get(self.default_adapter) if self.default_adapter else None
 
     def add_adapter(self, name: str, path: Path) -> None:
