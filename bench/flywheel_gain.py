@@ -159,7 +159,8 @@ def print_table(args: argparse.Namespace, results: list[RoundFigures]) -> None:
     for r in results:
         f = r.replay
         print(f"{r.number:<6}{r.served:<6}{f'{f.coverage}/{f.n}':>10}{f'{f.gateway}/{f.n}':>22}"
-              f"{f'{f.hosted_alone}/{f.n}':>14}{f'{f.slm_alone}/{f.n}':>11}  {'yes' if f.within_delta else 'NO':<13}"
+              f"{f'{f.hosted_alone}/{f.n}':>14}{f'{f.slm_alone}/{f.n}' if f.slm_asked else 'not asked':>11}  "
+              f"{'yes' if f.within_delta else 'NO':<13}"
               f"{r.flywheel}")
 
 

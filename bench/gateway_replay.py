@@ -213,6 +213,7 @@ class ReplayFigures:
     hosted_alone: int
     slm_alone: int
     within_delta: bool
+    slm_asked: int = 0  # rows the SLM answered at all (none where its gate accepts nothing: not asked)
 
 
 def replay_track(name: str, rows: list[ReplayRow], gateway: openai.OpenAI, hosted: Upstream, engine: EngineAnswers,
@@ -276,7 +277,7 @@ def replay_track(name: str, rows: list[ReplayRow], gateway: openai.OpenAI, hoste
     accuracy_key = track.core_metrics[-1].removesuffix("_rate")
     correct = {column: sum(bool(s[accuracy_key]) for s in scored) for column, scored in columns.items()}
     return ReplayFigures(name, n, routes["slm"], accuracy_key, correct["gateway"], correct["hosted alone"],
-                         correct["SLM alone"], not trailing)
+                         correct["SLM alone"], not trailing, sum(text is not None for text in slm_texts))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -57,8 +57,13 @@ def markdown(document: dict[str, Any]) -> str:
         lines += ["", f"Promoted as v{document['promoted']['version']}: `{document['promoted']['adapter']}`."]
     if document["calibration"]:
         c = document["calibration"]
-        lines.append(f"Gateway threshold {c['threshold']} accepts {c['accepted']}/{c['n']} held-out requests "
-                     f"({c['correct']} right; target accuracy {c['target']}).")
+        if c["threshold"] is None:
+            lines.append(f"Gateway threshold: none. No threshold shows the target accuracy {c['target']} with 95% "
+                         f"confidence on the {c['n']} held-out requests, so the gateway serves none of this adapter's "
+                         "answers until more held-out traffic shows it.")
+        else:
+            lines.append(f"Gateway threshold {c['threshold']} accepts {c['accepted']}/{c['n']} held-out requests "
+                         f"({c['correct']} right; target accuracy {c['target']}, shown with 95% confidence).")
     return "\n".join(lines) + "\n"
 
 

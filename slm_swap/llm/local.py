@@ -27,6 +27,7 @@ from slm_swap.llm.model_folders import require_checkpoint
 from slm_swap.llm.quantization import nf4_config, require_bitsandbytes, resolve_quantization
 
 BASE = None  # adapter name meaning "no adapter"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the weights' dtype without 4-bit
 DEFAULT = "<default>"  # the model's `default_adapter` (BASE unless set)
 
 
@@ -46,15 +47,21 @@ class LocalModel:
     kind = "slm"
 
     def __init__(self, model_path: Path, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
-                 load_in_4bit: bool | None = None):
+                 load_in_4bit: bool | None = None, precision: str = "fp32"):
         """`load_in_4bit`: NF4 through bitsandbytes; None (the default) means 4-bit with CUDA and
-        full precision on CPU."""
+        full precision on CPU. `precision` (without 4-bit): the weights' dtype, fp32 or bf16
+        (measured in bench/decode_limits.py; the commands load fp32)."""
+        if precision not in PRECISIONS:
+            raise SlmSwapError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_path = Path(model_path)
         require_checkpoint(model_path)
         cuda = torch.cuda.is_available()
         self.quantization = resolve_quantization(load_in_4bit)
+        if self.quantization and precision != "fp32":
+            raise SlmSwapError(f"precision {precision} applies to a full-precision load, not to 4-bit")
+        self.precision = precision
         if self.quantization:
             require_bitsandbytes("--load-in-4bit", "load the model in full precision with --no-load-in-4bit")
         self.model_path = model_path
@@ -69,7 +76,7 @@ class LocalModel:
                 model_path, quantization_config=nf4_config(cuda), device_map="auto" if cuda else "cpu"
             )
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=PRECISIONS[precision])
         self.model.eval()
         self.adapters: dict[str, Path] = {}
         self.default_adapter: str | None = BASE
@@ -80,7 +87,7 @@ class LocalModel:
 
     @property
     def identity(self) -> str:
-        return local_identity(self.model_path, self.quantization)
+        return local_identity(self.model_path, self.quantization or (self.precision if self.precision != "fp32" else None))
 
     def close(self) -> None:
         """Nothing to release: one loaded model serves every eval in the process (`load_local_model`)."""
@@ -128,8 +135,8 @@ class LocalModel:
 
         path = Path(path)
         check_adapter(path)
-        if self.quantization or self.adapters or self.merged_adapter is not None:
-            raise SlmSwapError(f"--adapter {path}: merging needs a full-precision model without other adapters")
+        if self.quantization or self.precision != "fp32" or self.adapters or self.merged_adapter is not None:
+            raise SlmSwapError(f"--adapter {path}: merging needs an fp32 model without other adapters")
         try:
             self.model = PeftModel.from_pretrained(self.model, path).merge_and_unload()
         except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:  # e.g. shapes of another base model
