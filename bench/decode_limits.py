@@ -38,7 +38,10 @@ from slm_swap.llm.embedded import fetch_embedded_model, locate_embedded_gguf  # 
 from slm_swap.llm.local import PRECISIONS, LocalModel  # noqa: E402
 from slm_swap.train.run import cpu_has_bf16  # noqa: E402
 
-LLAMA_CPP_INSTALL = ".venv/bin/pip install -e '.[llama]' (llama-cpp-python 0.3.36; it builds llama.cpp from source: a few minutes)"
+# It builds llama.cpp from source (6 minutes on 2 cores). On this project's CPU (AVX512, AMX) the default
+# native build crashed in llama_decode (a segfault, with or without torch loaded); this one ran.
+LLAMA_CPP_INSTALL = ("CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                     "-DGGML_AVX512=ON' .venv/bin/pip install -e '.[llama]'")
 
 
 @dataclass
@@ -111,18 +114,38 @@ def ours_batched(model: LocalModel, prompts: list[str], max_new_tokens: int) -> 
     return seconds, sum(g.completion_tokens + (g.finish_reason == "stop") for g in generations), [g.text for g in generations]
 
 
-def llama_cpp_single(gguf: Path, prompts: list[str], max_new_tokens: int, threads: int) -> Single | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, n_batch=512, verbose=False)
-    llm(prompts[0], max_tokens=4, temperature=0.0, top_k=1)  # warm-up
+def llama_cpp_single(gguf: Path, prompts: list[str], max_new_tokens: int, threads: int) -> Single | str:
+    """llama.cpp's single stream, in a child process (a crash in its native code must not end the
+    bench): the figures, or why there are none."""
+    import importlib.util
+    import json
+    import subprocess
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return f"llama_cpp is not installed; to compare: {LLAMA_CPP_INSTALL}"
+    job = json.dumps({"gguf": str(gguf), "prompts": prompts, "max_new_tokens": max_new_tokens, "threads": threads})
+    done = subprocess.run([sys.executable, __file__, "--llama-cpp-child"], input=job, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"llama.cpp failed in its native code (exit {done.returncode}: {last[:160]})"
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return Single(figures["seconds"], figures["tokens"])
+
+
+def llama_cpp_child() -> None:
+    """The child: read the job on stdin, print {"seconds", "tokens"}."""
+    import json
+
+    from llama_cpp import Llama
+
+    job = json.loads(sys.stdin.read())
+    llm = Llama(model_path=job["gguf"], n_ctx=4096, n_threads=job["threads"], n_batch=512, verbose=False)
+    llm(job["prompts"][0], max_tokens=4, temperature=0.0, top_k=1)  # warm-up
     started, tokens = time.perf_counter(), 0
-    for prompt in prompts:
-        out = llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+    for prompt in job["prompts"]:
+        out = llm(prompt, max_tokens=job["max_new_tokens"], temperature=0.0, top_k=1)
         tokens += out["usage"]["completion_tokens"]
-    return Single(time.perf_counter() - started, tokens)
+    print(json.dumps({"seconds": time.perf_counter() - started, "tokens": tokens}))
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -166,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     rendered = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
     llama = llama_cpp_single(gguf, rendered[: args.single], args.max_new_tokens, threads)
     llama_floor = gguf.stat().st_size / (bandwidth * 1e9) * 1000
-    if llama is None:
-        print(f"llama.cpp: llama_cpp is not installed; to compare: {LLAMA_CPP_INSTALL}")
+    if isinstance(llama, str):
+        print(f"llama.cpp: {llama}")
+        llama = None
     else:
         print(f"llama.cpp ({gguf.name}, {threads} threads): single stream {llama.ms_per_token:.1f} ms/token; "
               f"its floor (the Q4_1 file read once per token) {llama_floor:.1f} ms/token")
@@ -201,4 +225,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:] == ["--llama-cpp-child"]:
+        llama_cpp_child()
+    else:
+        sys.exit(main())
