@@ -115,10 +115,12 @@ def local_agent_model(model: Any, *, batch_size: int = 8) -> AgentModel:
     """The local SLM (`LocalModel`, with its default adapter if it has one) as the agent; steps of up
     to `batch_size` agents are decoded together. `close` stops the worker thread."""
     from slm_swap.llm.batching import ModelWorker
+    from slm_swap.llm.local import DEFAULT
 
     worker = ModelWorker(model, batch_size, gather_s=AGENT_GATHER_S)
     identity = model.identity + (f" + adapter {model.adapter_path}" if model.adapter_path else "")
-    return AgentModel(identity, lambda max_tokens: LocalAgentModel(worker, model.default_adapter, model.model_path.name,
+    # DEFAULT: whatever the model answers with by default, its adapter merged in or its default adapter.
+    return AgentModel(identity, lambda max_tokens: LocalAgentModel(worker, DEFAULT, model.model_path.name,
                                                                    max_tokens),
                       lambda text: text, worker.stop)
 
