@@ -19,15 +19,7 @@
 # 135M model learns too little in 20 steps for that, so expect accuracy held and coverage 0
 # (docs/benchmarks.md#the-flywheel).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  echo "no .venv: run \`bash scripts/main.sh\` first (it sets up and prepares the data)" >&2
-  exit 2
-fi
-. .venv/bin/activate
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-# Tracing needs a Langfuse project; the demo runs without one unless LANGFUSE_* are set.
-if [ -z "${LANGFUSE_PUBLIC_KEY:-}" ]; then export LANGFUSE_DISABLED=1; fi
+. "$(dirname "$0")/demo_env.sh"
 
 track=toolcall
 for split in train val test; do
