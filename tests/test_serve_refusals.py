@@ -111,6 +111,7 @@ def test_the_port_is_bound_before_the_model_loads_and_handed_to_the_server(monke
 
     class StandInModel:
         adapters: dict = {}
+        quantization, precision = None, "fp32"
 
         def __init__(self, *args, **kwargs):
             events.append("load")

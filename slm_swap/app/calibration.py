@@ -70,7 +70,7 @@ def calibrate(settings: Settings, request: GatewayCalibrateRequest) -> Calibrati
 
     command = TracedCommand(settings, "gateway calibrate")  # Langfuse settings checked before the model loads
     client = _Recording(build_client("slm", settings, adapter=request.adapter, batch_size=request.batch_size,
-                                     load_in_4bit=request.load_in_4bit))
+                                     load_in_4bit=request.load_in_4bit, precision=request.precision))
     trace_input = {"track": track, "split": request.split, "adapter": str(request.adapter) if request.adapter else None}
     try:
         with command.run(f"gateway calibrate {track}", input=trace_input) as run:

@@ -82,7 +82,8 @@ def cmd_infer(request: InferRequest) -> int:
     if not isinstance(functions, list) or not all(isinstance(fn, dict) for fn in functions):
         raise SlmSwapError(f"{request.functions}: expected a JSON list of function signatures (objects)")
     settings = load_settings()
-    client = build_client(request.model_kind, settings, adapter=request.adapter, load_in_4bit=request.load_in_4bit)
+    client = build_client(request.model_kind, settings, adapter=request.adapter, load_in_4bit=request.load_in_4bit,
+                          precision=request.precision)
     completion = next(iter(client.complete([build_messages(build_prompt(request.track, request.text, functions))])))
     if completion.error:
         raise SlmSwapError(f"request failed: {completion.error}")
@@ -103,7 +104,7 @@ def cmd_serve(request: ServeRequest) -> int:
     serve(request.model_path or settings.slm_model_path, host=request.host, port=request.port, adapters=adapters,
           api_key=api_key, model_name=request.model_name, batch_size=request.batch_size,
           max_new_tokens=request.max_new_tokens, load_in_4bit=request.load_in_4bit, batch_wait_ms=request.batch_wait_ms,
-          allow_adapter_loading=request.allow_adapter_loading)
+          allow_adapter_loading=request.allow_adapter_loading, precision=request.precision, compile=request.compile)
     return 0
 
 
@@ -121,7 +122,7 @@ def cmd_gateway(request: GatewayRequest) -> int:
                 modes=parse_modes(request.mode, TRACKS), model_path=request.model_path, adapters_dir=request.adapters_dir,
                 policy_paths=[] if request.no_policy else (
                     request.policy or [path for path in map(default_policy_path, TRACKS) if path.is_file()]),
-                registry_path=request.registry)
+                registry_path=request.registry, precision=request.precision, compile=request.compile)
     return 0
 
 

@@ -63,7 +63,7 @@ def pipeline_config(config: DistillConfig) -> PipelineConfig:
         tracks=["agent"], split="test", delta=config.delta, finetune=config.finetune, data_dir=config.data_dir,
         eval_dir=config.eval_dir, ft_dir=config.ft_dir, accelerate_config=config.accelerate_config,
         max_steps=config.max_train_steps, concurrency=config.concurrency, timeout_s=config.timeout_s,
-        batch_size=config.batch_size, load_in_4bit=config.load_in_4bit,
+        batch_size=config.batch_size, load_in_4bit=config.load_in_4bit, precision=config.precision,
         reuse_max_age_hours=config.reuse_max_age_hours, finetune_deployment=config.finetune_deployment,
         tools=None if config.tools == DEFAULT_TOOLS else config.tools,
     )

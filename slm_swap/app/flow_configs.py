@@ -12,12 +12,13 @@ from pydantic import AfterValidator, field_validator
 
 from slm_swap.app.requests import (ACCELERATE_CONFIG_HELP, DEFAULT_DISTILL_EVAL_DIR, DEFAULT_FINETUNE_DEPLOYMENT,
                                    FinetuneMode, SourceOptions, Split, Track, concurrency_option, load_in_4bit_option,
-                                   max_retries_option, timeout_option)
+                                   max_retries_option, precision_option, timeout_option)
 from slm_swap.core.prompts import TRACKS as ROW_TRACK_NAMES
 from slm_swap.infra.cli_options import Request, option
 from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAULT_EVAL_DIR, DEFAULT_FT_DIR,
                                    DEFAULT_TRAJECTORIES_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
+from slm_swap.llm.precision import Precision
 from slm_swap.llm.completion import EVAL_BATCH_SIZE
 from slm_swap.train.options import ONE_EPOCH, STEP_CAP_HELP, StepCap
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
@@ -65,6 +66,7 @@ class PipelineConfig(Request):
     timeout_s: float = timeout_option("hosted: seconds per request (a CPU stand-in needs more)", gt=0)
     batch_size: int = option(EVAL_BATCH_SIZE, "SLM: prompts decoded together", ge=1)
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
     reuse_max_age_hours: float = option(12.0, REUSE_HELP, ge=0)
     finetune_deployment: DeploymentName = option(DEFAULT_FINETUNE_DEPLOYMENT, DEPLOYMENT_HELP)
     tools: str | None = option(None, "agent track: the tools factory the agent gets (default: capture's simulated tools)",
@@ -103,6 +105,7 @@ class DistillConfig(SourceOptions):
     max_errors: int | None = option(None, "capture stops after this many failed requests (default: 10% of tasks)", ge=0)
     batch_size: int = option(EVAL_BATCH_SIZE, "student: the local model's batch limit when loaded", ge=1)
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
     reuse_max_age_hours: float = option(12.0, REUSE_HELP, ge=0)
     finetune_deployment: DeploymentName = option(DEFAULT_FINETUNE_DEPLOYMENT, DEPLOYMENT_HELP)
 

@@ -185,7 +185,8 @@ def evaluate(state: Round, request: FlywheelRequest, settings: Settings, flow_ru
         config = PipelineConfig(tracks=[state.track], split="test", data_dir=state.data_dir,
                                 eval_dir=state.folder / "eval" / side, reuse_max_age_hours=0,
                                 concurrency=request.concurrency, timeout_s=request.timeout_s,
-                                batch_size=request.batch_size, load_in_4bit=request.load_in_4bit)
+                                batch_size=request.batch_size, load_in_4bit=request.load_in_4bit,
+                                precision=request.precision)
         state.metrics[side] = run_eval_step(settings, config, track=state.track, kind=kind, adapter=adapter,
                                             flow_run_id=flow_run_id, progress="lines").path
 
@@ -208,7 +209,7 @@ def calibrate_candidate(state: Round, request: FlywheelRequest, settings: Settin
         track=state.track, adapter=state.adapter, split="test", data_dir=state.data_dir,
         eval_dir=state.folder / "eval" / "hosted", delta=request.delta,
         out=state.folder / f"policy_{state.track}.json", batch_size=request.batch_size,
-        load_in_4bit=request.load_in_4bit))
+        load_in_4bit=request.load_in_4bit, precision=request.precision))
     choice = result.choice
     state.calibration = {"policy": str(result.policy_path), "threshold": choice.threshold, "accepted": choice.accepted,
                          "correct": choice.correct, "n": choice.n, "target": str(result.target)}

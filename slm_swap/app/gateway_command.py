@@ -23,18 +23,23 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
                 api_key: str | None = None, slm_timeout_s: float = 30.0, log_content: bool = True,
                 modes: Mapping[str, str] | None = None, model_path: Path | None = None,
                 adapters_dir: Path | None = None, policy_paths: Iterable[Path] = (),
-                registry_path: Path | None = None) -> None:
+                registry_path: Path | None = None, precision: str = "fp32", compile: bool = False) -> None:
     """Check the settings and bind the port (one line and no server when either fails), then serve
     until interrupted. The hosted client is `eval`'s (`HostedClient`: retries, timeouts). The SLM: the
     engine at SLM_BASE_URL (models per track: `slm_models`), else loaded in this process
     (`gateway_engine`: `model_path`, and the tracks' adapters found in `adapters_dir`), following the
-    registry of promoted adapters (`registry_path`) without a restart (`gateway_reload`)."""
+    registry of promoted adapters (`registry_path`) without a restart (`gateway_reload`); `precision` and
+    `compile` as `LocalModel` takes them."""
     import uvicorn
 
     from slm_swap.app.gateway_engine import start_in_process_engine, track_adapters
     from slm_swap.app.gateway_reload import AdapterReloader
 
     slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL") if settings.slm_base_url else None
+    for flag, given in (("--precision", precision != "fp32"), ("--compile", compile)):
+        if slm_url and given:
+            raise SlmSwapError(f"{flag} applies to the SLM in process; SLM_BASE_URL is set: the engine there decides "
+                               "how it loads and runs the model")
     hosted_client = HostedClient(settings)  # refuses at once without hosted settings
     policies = load_policies(policy_paths, slm_models)
     tracer = open_tracer(settings)  # refuses at once without Langfuse settings (LANGFUSE_DISABLED=1: none)
@@ -53,7 +58,8 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
                       "itself (the gateway loads adapters only into its in-process SLM)")
         else:
             print(f"loading the SLM {model_path or settings.slm_model_path} in process ...", flush=True)
-            engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models)
+            engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models,
+                                             precision=precision, compile=compile)
             slm_url, slm_key, models, described = engine.url, engine.api_key, engine.models, engine.identity
         # The gates given apply to what each track serves now; a promotion brings its own (`gateway_reload`).
         gates = {models[track]: policy for track, policy in policies.items()}

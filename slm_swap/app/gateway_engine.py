@@ -45,13 +45,14 @@ def track_adapters(adapters_dir: Path | None, tracks: Iterable[str]) -> dict[str
 
 
 def start_in_process_engine(model_path: Path, adapters: dict[str, Path], tracks: Iterable[str],
-                            batch_size: int = 8) -> InProcessEngine:
-    """Load the model and the tracks' adapters, and serve them on a private loopback port in a thread."""
+                            batch_size: int = 8, precision: str = "fp32", compile: bool = False) -> InProcessEngine:
+    """Load the model and the tracks' adapters, and serve them on a private loopback port in a thread
+    (`precision` and `compile` as `LocalModel` takes them)."""
     import uvicorn
 
     for path in adapters.values():
         check_adapter(path)  # one line naming the folder, before minutes of loading
-    model = LocalModel(Path(model_path), batch_size=batch_size)
+    model = LocalModel(Path(model_path), batch_size=batch_size, precision=precision, compile=compile)
     for name, path in adapters.items():
         model.add_adapter(name, path)
     api_key = secrets.token_urlsafe(24)

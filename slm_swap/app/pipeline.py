@@ -141,7 +141,7 @@ class EvalOutcome:
         return self.metrics.get("langfuse_trace_id")
 
 
-def model_identity(settings: Settings, kind: str, load_in_4bit: bool | None = None) -> str:
+def model_identity(settings: Settings, kind: str, load_in_4bit: bool | None = None, precision: str = "fp32") -> str:
     """What the metrics file will record as `model.identity`, known before anything is loaded (the SLM
     on an engine by URL: the engine; the model name it is asked for is known once it is reached)."""
     if kind == "slm" and settings.slm_base_url:
@@ -149,10 +149,15 @@ def model_identity(settings: Settings, kind: str, load_in_4bit: bool | None = No
 
         return f"engine@{host_of(check_url(settings.slm_base_url, 'SLM_BASE_URL'))}"
     if kind == "slm":
+        import torch
+
         from slm_swap.llm.local import local_identity
+        from slm_swap.llm.precision import resolve_precision, weights_note
         from slm_swap.llm.quantization import resolve_quantization
 
-        return local_identity(Path(settings.slm_model_path), resolve_quantization(load_in_4bit))
+        quantization = resolve_quantization(load_in_4bit)
+        computes_in = resolve_precision(precision, quantization, torch.cuda.is_available())
+        return local_identity(Path(settings.slm_model_path), weights_note(quantization, computes_in))
     if kind == "azure":
         from slm_swap.llm.hosted import HostedClient
 
@@ -185,7 +190,8 @@ def eval_fingerprint(settings: Settings, config: PipelineConfig, track: str, kin
         "dataset_path": str(rows_path),
         "dataset_sha256": sha256_file(rows_path),
         "model_kind": kind,
-        "model_identity": model_identity(settings, kind, config.load_in_4bit if kind == "slm" else None),
+        "model_identity": model_identity(settings, kind, config.load_in_4bit if kind == "slm" else None,
+                                         config.precision if kind == "slm" else "fp32"),
         "adapter": str(adapter) if adapter else None,
         "adapter_sha256": folder_sha256(adapter) if adapter else None,
         "tools": config.tools,
@@ -267,7 +273,7 @@ def run_eval_step(
     request = EvalRequest(track=track, model_kind=kind, split=config.split, data_dir=config.data_dir, adapter=adapter,
                           limit=config.limit, resume=action == "resume", concurrency=config.concurrency,
                           timeout_s=config.timeout_s, batch_size=config.batch_size, load_in_4bit=config.load_in_4bit,
-                          tools=config.tools)
+                          precision=config.precision if kind == "slm" else "fp32", tools=config.tools)
     document = traced_eval(settings, request, out=out, progress=progress, flow_run_id=flow_run_id)
     write_json(stamp_file, {"fingerprint": fingerprint, "started_at": started_at, "finished_at": now_utc().isoformat(),
                             "metrics_sha256": sha256_file(out)})

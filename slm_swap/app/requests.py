@@ -23,6 +23,7 @@ from slm_swap.infra.config import (DEFAULT_DATA_DIR, DEFAULT_DISTILL_DIR, DEFAUL
                                    DEFAULT_GATEWAY_RECORDS, DEFAULT_TRAJECTORIES_DIR, EMBEDDED_MODEL_DIR)
 from slm_swap.llm.agent_models import AGENT_MAX_NEW_TOKENS
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, SERVE_BATCH_WAIT_MS
+from slm_swap.llm.precision import Precision
 from slm_swap.train.options import ONE_EPOCH, STEP_CAP_HELP, StepCap, Track, TrainOptions
 from slm_swap.trajectories.codeact import DEFAULT_MAX_STEPS, DEFAULT_TOOLS
 
@@ -50,6 +51,18 @@ def rows_dir(track: str, data_dir: Path | None) -> Path:
 def load_in_4bit_option() -> Any:
     return option(None, "slm: load in NF4 4-bit through bitsandbytes, on CPU as on CUDA (default: 4-bit with CUDA, "
                         "full precision on CPU)")
+
+
+def precision_option() -> Any:
+    return option("fp32", "slm in full precision: the weights' dtype. auto: bf16 on CUDA and on CPUs with "
+                          "AVX512-BF16/AMX, else fp32. fp32 (the default) gives the same answers on every machine; "
+                          "bf16 answers can depend on how a batch was formed (llm/precision.py)")
+
+
+def compile_option() -> Any:
+    return option(False, "decode a lone request through torch.compile: in fp32 the same answers, about 0.85x the "
+                         "time per token on the embedded model once compiled (a minute of compiling on the first "
+                         "request; batches stay eager: docs/models.md#local-slm-slm_swapllmlocalpy)")
 
 
 # The hosted client's defaults. Commands that pass them straight to the library leave the range
@@ -123,6 +136,7 @@ class EvalRequest(Request):
     max_steps: int | None = option(None, "agent: model turns per task (default: the capture's, from the tasks file)")
     tools: str | None = option(None, "agent: the tools factory (default: simulated tools, as capture)", metavar="MODULE:FACTORY")
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
 
     def rows_dir(self) -> Path:
         return rows_dir(self.track, self.data_dir)
@@ -135,6 +149,7 @@ class InferRequest(Request):
     functions: Path | None = option(None, "JSON file with a list of function signatures to offer")
     adapter: Path | None = option(None, "LoRA adapter folder for the SLM")
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
 
 
 class ServeRequest(Request):
@@ -151,6 +166,8 @@ class ServeRequest(Request):
                                                        "before it starts; 0: at once")
     max_new_tokens: int = option(MAX_NEW_TOKENS, "default completion length cap")
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
+    compile: bool = compile_option()
     allow_adapter_loading: bool = option(False, "serve vLLM's POST /v1/load_lora_adapter, so `eval`/the pipeline given "
                                                 "SLM_BASE_URL can load the adapter they evaluate (it reads any folder "
                                                 "the caller names: keep the key and the loopback host)")
@@ -180,6 +197,8 @@ class GatewayRequest(Request):
     policy: list[Path] = option([], "a track's confidence gate, from `slm-swap gateway calibrate` (repeatable; default: "
                                     f"the {DEFAULT_GATEWAY_RECORDS.parent}/policy_<track>.json files that exist)",
                                 repeat=True, metavar="FILE")
+    precision: Precision = precision_option()
+    compile: bool = compile_option()
 
 
 class GatewayCalibrateRequest(Request):
@@ -199,6 +218,7 @@ class GatewayCalibrateRequest(Request):
     limit: int | None = option(None, "first N examples only")
     batch_size: int = option(EVAL_BATCH_SIZE, "prompts decoded together; lower it if memory runs out")
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
 
 
 class GatewayPromoteRequest(Request):
@@ -240,6 +260,7 @@ class FlywheelRequest(Request):
     timeout_s: float = timeout_option(gt=0)
     batch_size: int = option(EVAL_BATCH_SIZE, "SLM: prompts decoded together", ge=1)
     load_in_4bit: bool | None = load_in_4bit_option()
+    precision: Precision = precision_option()
 
 
 class FinetuneRequest(TrainOptions):

@@ -138,7 +138,7 @@ def _prepare_row_eval(settings: Settings, request: EvalRequest, out: Path, progr
                                    limit=request.limit, max_errors=request.max_errors)
     client = build_client(request.model_kind, settings, adapter=request.adapter, concurrency=request.concurrency,
                           timeout_s=request.timeout_s, max_retries=request.max_retries, batch_size=request.batch_size,
-                          load_in_4bit=request.load_in_4bit, slm_model=request.slm_model)
+                          load_in_4bit=request.load_in_4bit, slm_model=request.slm_model, precision=request.precision)
     rows_path = split_data[0]
     trace_input = {"track": request.track, "split": request.split, "dataset_path": str(rows_path),
                    "dataset_sha256": sha256_file(rows_path), "model_kind": request.model_kind,
@@ -171,7 +171,8 @@ def _prepare_agent_eval(settings: Settings, request: EvalRequest, out: Path, pro
     model, model_record = build_agent_model(request.model_kind, settings, adapter=request.adapter,
                                             timeout_s=request.timeout_s, max_retries=request.max_retries,
                                             concurrency=request.concurrency, batch_size=request.batch_size,
-                                            load_in_4bit=request.load_in_4bit, slm_model=request.slm_model)
+                                            load_in_4bit=request.load_in_4bit, slm_model=request.slm_model,
+                                            precision=request.precision)
     trace_input = {"track": request.track, "split": request.split, "dataset_path": str(tasks),
                    "dataset_sha256": sha256_file(tasks), "model_kind": request.model_kind,
                    "model_identity": model_record["identity"], "adapter": model_record["adapter"],

@@ -289,8 +289,11 @@ def serve(
     load_in_4bit: bool | None = None,
     batch_wait_ms: float = SERVE_BATCH_WAIT_MS,
     allow_adapter_loading: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> None:
-    """Check every setting and bind the port, then load the model and adapters and serve until interrupted."""
+    """Check every setting and bind the port, then load the model and adapters and serve until interrupted
+    (`precision` and `compile` as `LocalModel` takes them)."""
     import uvicorn
 
     if batch_size < 1:
@@ -310,14 +313,17 @@ def serve(
     try:
         if not is_loopback(host) and not api_key:
             print(f"warning: serving on {host} without --api-key or SLM_SWAP_SERVE_API_KEY: anyone who can reach this port can use the model")
-        model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit)
+        model = LocalModel(model_path, max_new_tokens=max_new_tokens, batch_size=batch_size, load_in_4bit=load_in_4bit,
+                           precision=precision, compile=compile)
         for adapter, path in (adapters or {}).items():
             model.add_adapter(adapter, path)
         app = create_app(model, name, api_key=api_key, batch_size=batch_size, batch_wait_s=batch_wait_ms / 1000,
                          allow_adapter_loading=allow_adapter_loading)
         bound_port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
-        print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" on http://{url_host}:{bound_port}/v1", flush=True)
+        how = ", ".join(filter(None, [model.quantization or model.precision, "compiled" if compile else None]))
+        print(f"serving {name}" + "".join(f", {a}" for a in model.adapters) + f" ({how}) on http://{url_host}:{bound_port}/v1",
+              flush=True)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound_port, log_level="warning"))
         server.run(sockets=[sock])
     finally:

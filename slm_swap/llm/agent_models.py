@@ -127,7 +127,8 @@ def local_agent_model(model: Any, *, batch_size: int = 8) -> AgentModel:
 
 def build_agent_model(kind: str, settings: Settings, *, adapter: Any = None, timeout_s: float = 60.0,
                       max_retries: int = 4, concurrency: int = 8, batch_size: int = 64,
-                      load_in_4bit: bool | None = None, slm_model: str | None = None) -> tuple[AgentModel, dict[str, Any]]:
+                      load_in_4bit: bool | None = None, slm_model: str | None = None,
+                      precision: str = "fp32") -> tuple[AgentModel, dict[str, Any]]:
     """(the agent model for `--model-kind azure|slm`, the metrics file's `model` record), as
     `clients.build_client` builds an eval's client: the hosted model, the SLM on the engine at
     SLM_BASE_URL (`slm_model`: a model it serves by name; else the adapter loaded there), or the SLM
@@ -144,11 +145,11 @@ def build_agent_model(kind: str, settings: Settings, *, adapter: Any = None, tim
         from slm_swap.llm.clients import build_client
 
         engine = build_client("slm", settings, adapter=adapter, timeout_s=timeout_s, max_retries=max_retries,
-                              load_in_4bit=load_in_4bit, slm_model=slm_model)
+                              load_in_4bit=load_in_4bit, slm_model=slm_model, precision=precision)
         return api_agent_model(engine), {"kind": "slm", "identity": engine.identity,
                                          "adapter": str(adapter) if adapter else None}
     from slm_swap.llm.local import load_local_model
 
-    local = load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)
+    local = load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit, precision)
     return (local_agent_model(local, batch_size=concurrency),
             {"kind": "slm", "identity": local.identity, "adapter": str(adapter) if adapter else None})

@@ -21,7 +21,7 @@ def check_model_kind(kind: str, *, adapter=None, load_in_4bit: bool | None = Non
 
 def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
                  max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE, load_in_4bit: bool | None = None,
-                 slm_model: str | None = None):
+                 slm_model: str | None = None, precision: str = "fp32"):
     """The client for `--model-kind azure|slm` (heavy imports only for the kind asked for): the SLM on
     the engine at SLM_BASE_URL when it is set (`slm_model`: a model it serves by name), else in process."""
     check_model_kind(kind, adapter=adapter, load_in_4bit=load_in_4bit)
@@ -32,9 +32,10 @@ def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, tim
 
         return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
     if settings.slm_base_url:
-        if load_in_4bit is not None:
-            raise SlmSwapError("--load-in-4bit applies to the SLM in process; SLM_BASE_URL is set: the engine "
-                               "there decides how it loads the model")
+        for flag, given in (("--load-in-4bit", load_in_4bit is not None), ("--precision", precision != "fp32")):
+            if given:
+                raise SlmSwapError(f"{flag} applies to the SLM in process; SLM_BASE_URL is set: the engine there "
+                                   "decides how it loads the model")
         from slm_swap.llm.engine import EngineClient
 
         return EngineClient(settings, model=slm_model, adapter=adapter, concurrency=concurrency, timeout_s=timeout_s,
@@ -43,4 +44,4 @@ def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, tim
         raise SlmSwapError("--slm-model names a model on the engine at SLM_BASE_URL, which is not set")
     from slm_swap.llm.local import load_local_model
 
-    return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit)
+    return load_local_model(settings.slm_model_path, adapter, batch_size, load_in_4bit, precision)

@@ -22,12 +22,13 @@ import torch
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import read_json
 from slm_swap.llm.completion import EVAL_BATCH_SIZE, MAX_NEW_TOKENS, Completion
-from slm_swap.llm.decoder import greedy_decode
+from slm_swap.llm.decoder import compile_step, greedy_decode
 from slm_swap.llm.model_folders import require_checkpoint
+from slm_swap.llm.precision import PRECISION_CHOICES, resolve_precision, weights_note
 from slm_swap.llm.quantization import nf4_config, require_bitsandbytes, resolve_quantization
 
 BASE = None  # adapter name meaning "no adapter"
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the weights' dtype without 4-bit
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the weights' dtype without 4-bit
 DEFAULT = "<default>"  # the model's `default_adapter` (BASE unless set)
 
 
@@ -47,21 +48,25 @@ class LocalModel:
     kind = "slm"
 
     def __init__(self, model_path: Path, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
-                 load_in_4bit: bool | None = None, precision: str = "fp32"):
+                 load_in_4bit: bool | None = None, precision: str = "fp32", compile: bool = False):
         """`load_in_4bit`: NF4 through bitsandbytes; None (the default) means 4-bit with CUDA and
-        full precision on CPU. `precision` (without 4-bit): the weights' dtype, fp32 or bf16
-        (measured in bench/decode_limits.py; the commands load fp32)."""
-        if precision not in PRECISIONS:
-            raise SlmSwapError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        full precision on CPU. `precision` (`llm.precision`; a full-precision load only: auto means
+        fp32 with 4-bit): the weights' dtype, fp32 or bf16. `compile`: a lone prompt's decode steps
+        through `torch.compile` (`decoder.compile_step`; in fp32 the same outputs), compiled on its first
+        call."""
+        if precision not in PRECISION_CHOICES:
+            raise SlmSwapError(f"--precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_path = Path(model_path)
         require_checkpoint(model_path)
         cuda = torch.cuda.is_available()
         self.quantization = resolve_quantization(load_in_4bit)
-        if self.quantization and precision != "fp32":
-            raise SlmSwapError(f"precision {precision} applies to a full-precision load, not to 4-bit")
-        self.precision = precision
+        if self.quantization and precision == "bf16":
+            raise SlmSwapError("--precision bf16 applies to a full-precision load, not to 4-bit (--no-load-in-4bit)")
+        self.precision = resolve_precision(precision, self.quantization, cuda)
+        self.compile = compile
+        self._compiled: tuple[object, Callable[..., object]] | None = None  # (the model it compiled, its step)
         if self.quantization:
             require_bitsandbytes("--load-in-4bit", "load the model in full precision with --no-load-in-4bit")
         self.model_path = model_path
@@ -76,7 +81,7 @@ class LocalModel:
                 model_path, quantization_config=nf4_config(cuda), device_map="auto" if cuda else "cpu"
             )
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=PRECISIONS[precision])
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[self.precision])
         self.model.eval()
         self.adapters: dict[str, Path] = {}
         self.default_adapter: str | None = BASE
@@ -87,7 +92,7 @@ class LocalModel:
 
     @property
     def identity(self) -> str:
-        return local_identity(self.model_path, self.quantization or (self.precision if self.precision != "fp32" else None))
+        return local_identity(self.model_path, weights_note(self.quantization, self.precision))
 
     def close(self) -> None:
         """Nothing to release: one loaded model serves every eval in the process (`load_local_model`)."""
@@ -144,6 +149,15 @@ class LocalModel:
         self.model.eval()
         self.merged_adapter = path
 
+    def _compiled_step(self) -> Callable[..., object] | None:
+        """With `compile`, the compiled forward of the model as it is now: loading the first adapter
+        or merging one replaces `self.model`, and the step is compiled again for the new one."""
+        if not self.compile:
+            return None
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, compile_step(self.model))
+        return self._compiled[1]
+
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -167,7 +181,11 @@ class LocalModel:
         checked = abandoned is not None or bool(stop and any(stop))
         should_stop = self._stop_check(stop or [[] for _ in prompts], abandoned, given_up) if checked else None
         with self._using(adapter):
-            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids, should_stop)
+            # Compiled for a lone prompt only: there Python and small operations take a third of each step, and
+            # compiling cuts it; batches are matmul-bound and ran slower compiled (bench/decode_limits.py).
+            compiled = self._compiled_step() if len(rows) == 1 else None
+            decoded = greedy_decode(self.model, rows, max_new_tokens or self.max_new_tokens, self.stop_ids, should_stop,
+                                    compiled_step=compiled)
             for index, tokens, logprobs, reason in decoded:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 yield index, Generation(text, len(rows[index]), len(tokens), "abandoned" if index in given_up else reason,
@@ -253,9 +271,10 @@ class LocalModel:
                                  generation.token_logprobs)
 
 
-def local_identity(model_path: Path, quantization: str | None) -> str:
-    """The checkpoint, and how it was loaded when not in full precision (the outputs differ)."""
-    return f"{model_path} ({quantization})" if quantization else str(model_path)
+def local_identity(model_path: Path, weights: str | None) -> str:
+    """The checkpoint, and how its weights were loaded when not in fp32 (`precision.weights_note`:
+    the outputs differ)."""
+    return f"{model_path} ({weights})" if weights else str(model_path)
 
 
 def check_adapter(path: Path) -> None:
@@ -293,16 +312,17 @@ def _first_line(exc: BaseException) -> str:
 
 @functools.lru_cache(maxsize=2)
 def load_local_model(model_path: Path, adapter: Path | None = None, batch_size: int = EVAL_BATCH_SIZE,
-                     load_in_4bit: bool | None = None) -> LocalModel:
-    """One load per (checkpoint, adapter) per process; the adapter, if any, is used by default:
-    merged into the weights in full precision (no LoRA layers on every decode step), kept as an
-    adapter on a 4-bit model. Settings and the adapter are checked before the base model is loaded."""
+                     load_in_4bit: bool | None = None, precision: str = "fp32") -> LocalModel:
+    """One load per (checkpoint, adapter, settings) per process; the adapter, if any, is used by default:
+    merged into the weights in fp32 (no LoRA layers on every decode step), kept as an adapter on a
+    4-bit or bf16 model (merging would re-round the weights). Settings and the adapter are checked
+    before the base model is loaded."""
     if batch_size < 1:
         raise SlmSwapError(f"--batch-size must be >= 1, got {batch_size}")
     if adapter is not None:
         check_adapter(adapter)
-    model = LocalModel(model_path, batch_size=batch_size, load_in_4bit=load_in_4bit)
-    if adapter is not None and model.quantization is None:
+    model = LocalModel(model_path, batch_size=batch_size, load_in_4bit=load_in_4bit, precision=precision)
+    if adapter is not None and model.quantization is None and model.precision == "fp32":
         model.merge_adapter(adapter)
     elif adapter is not None:
         model.add_adapter("adapter", adapter)

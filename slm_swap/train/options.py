@@ -11,11 +11,11 @@ from pydantic import AfterValidator
 
 from slm_swap.core.tracks import TRACKS
 from slm_swap.infra.cli_options import Request, flag_of, option
+from slm_swap.llm.precision import PRECISION_CHOICES, Precision
 
 Track = Literal[tuple(TRACKS)]  # type: ignore[valid-type]  (the track registry's names)
 Sampling = Literal["group_by_length", "random"]
-Precision = Literal["auto", "bf16", "fp32"]
-SAMPLING, PRECISIONS = get_args(Sampling), get_args(Precision)
+SAMPLING, PRECISIONS = get_args(Sampling), PRECISION_CHOICES
 ONE_EPOCH = -1  # the step cap that means none: the seed's one epoch (what an omitted --max-steps gives)
 STEP_CAP_HELP = "stop after N optimizer steps, N >= 1 (default: no cap, the seed's one epoch)"
 

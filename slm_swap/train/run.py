@@ -26,6 +26,7 @@ from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import sha256_file, write_json
 from slm_swap.infra.tracing import NullRun, Run
 from slm_swap.llm.model_folders import require_checkpoint
+from slm_swap.llm.precision import use_bf16
 from slm_swap.train.backends import choose_backend, determinism, load_for_training, quantization_of
 from slm_swap.train.data import load_training_rows, tokenize_rows
 from slm_swap.train.hyperparams import HyperParams, hyperparams_for
@@ -57,22 +58,6 @@ class TrainRequest:
 
     def checkpoints_dir(self) -> Path:
         return Path(f"{self.out_dir}.checkpoints")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), from the kernel's CPU flags:
-    elsewhere bf16 autocast is emulated, and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: assume not
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, cuda: bool) -> bool:
-    if precision == "auto":
-        return cuda or cpu_has_bf16()
-    return precision == "bf16"
 
 
 def validate(request: TrainRequest) -> None:
