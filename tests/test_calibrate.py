@@ -14,8 +14,9 @@ from slm_swap.app.cli import main
 from slm_swap.core.prompts import build_prompt
 from slm_swap.core.tracks import get_row_track
 from slm_swap.data.bfcl import load_bfcl
-from slm_swap.evaluation.calibrate import (Point, confidence, example_point, load_policy, openai_confidence, parse_target,
-                                           pick_threshold, policy_document, prompt_functions, reaches)
+from slm_swap.evaluation.calibrate import (Point, confidence, evidence_needed, example_point, fewest_to_show, load_policy,
+                                           openai_confidence, parse_target, pick_threshold, policy_document,
+                                           prompt_functions, reaches)
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.fileio import write_json
 from slm_swap.trajectories.teacher import ScriptedTeacher
@@ -75,6 +76,10 @@ def test_a_threshold_needs_enough_evidence_decided_exactly_on_counts():
     assert not reaches(0, 0, Fraction(0)) and reaches(0, 3, Fraction(0))
     assert pick_threshold(points((True, -0.1, True)), Fraction(99, 100)).threshold is None  # the flywheel's case
     assert parse_target("0.15") == Fraction(3, 20)  # a typed decimal is exact, not 0.1499999...
+    # what a calibration split must hold at the least, as the commands and the flywheel report say it
+    assert [fewest_to_show(t) for t in (Fraction(1, 2), Fraction(7, 8), Fraction(19, 20), Fraction(99, 100))] == [5, 23, 59, 299]
+    assert fewest_to_show(Fraction(1)) is None and fewest_to_show(Fraction(1, 20)) == 1
+    assert evidence_needed(Fraction(99, 100)) == "showing it takes at least 299 accepted answers, all right"
 
 
 def test_a_nan_confidence_is_a_bug_not_a_point():
@@ -220,6 +225,7 @@ def test_calibrate_writes_a_policy_and_its_chart_with_the_hosted_accuracy_as_tar
     # a random tiny model writes no valid call: nothing reaches the target, and the output says so
     assert document["threshold"] is None and document["operating_point"]["accepted"] == 0
     assert "no threshold reaches it with 95% confidence (one-sided exact binomial test): coverage 0/3" in printed
+    assert "showing it takes at least" in printed
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n")
     assert load_policy(out).threshold is None
     assert (out.parent / "calibration_toolcall_val.json").is_file()  # the SLM's eval, kept beside it

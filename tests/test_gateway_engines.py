@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,8 @@ import pytest
 
 from openai_stub import OpenAIStub
 from slm_swap.data.xlam import load_xlam
+from slm_swap.evaluation.calibrate import Point, pick_threshold, policy_document
+from slm_swap.infra.fileio import write_json
 from test_local_serve import KEY, free_port, start_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("loopback_only")]
@@ -51,8 +54,8 @@ def run_gateway_command(tmp_path: Path, env_extra: dict[str, str], args: list[st
             if key not in env_extra:
                 env.pop(key, None)
         gateway = subprocess.Popen([sys.executable, "-m", "slm_swap.app.cli", "gateway", "--port", str(port),
-                                    "--records", str(records), "--no-policy", "--registry", str(tmp_path / "registry.json"),
-                                    *args], env=env, stdout=subprocess.PIPE,
+                                    "--records", str(records), *([] if "--policy" in args else ["--no-policy"]),
+                                    "--registry", str(tmp_path / "registry.json"), *args], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}/v1"
@@ -105,3 +108,20 @@ def test_the_gateway_command_loads_the_slm_in_process(tiny_model_dir, tiny_adapt
     assert (first["route"], first["slm"]["model"]) == ("hosted-fallback", "toolcall")
     assert isinstance(first["slm"]["output"], str) and first["slm"]["output"]  # the in-process model answered
     assert (second["route"], second["slm"]) == ("hosted", None)
+
+
+def test_a_policy_calibrated_on_another_precision_is_warned_about(tiny_model_dir, tmp_path):
+    """The gateway's SLM in bf16 (`--precision`), its gate calibrated on the fp32 model: the threshold
+    was chosen on other confidences, and the gateway says so when it starts."""
+    policy = tmp_path / "policy_toolcall.json"
+    choice = pick_threshold([Point(True, -0.5, True)] * 5, Fraction(1, 2))  # a threshold: the SLM is asked
+    write_json(policy, policy_document(track="toolcall", split="val", model={"kind": "slm", "identity": str(tiny_model_dir),
+                                                                              "adapter": None},
+                                       dataset={}, choice=choice, target=Fraction(1, 2), target_source={"source": "--target"},
+                                       created_at="2026-12-07T00:00:00+00:00"))
+    _, output = run_gateway_command(
+        tmp_path, {}, ["--model-path", str(tiny_model_dir), "--adapters-dir", str(tmp_path / "none"),
+                       "--precision", "bf16", "--policy", str(policy)])
+    assert f"{tiny_model_dir} (bf16) in process" in output
+    warning = [line for line in output.splitlines() if line.startswith(f"warning: {policy} was calibrated on")]
+    assert warning and f"the gateway's SLM is {tiny_model_dir} (bf16)" in warning[0]

@@ -25,8 +25,8 @@ from slm_swap.app.requests import GatewayCalibrateRequest
 from slm_swap.app.runs import TracedCommand, check_adapter_track
 from slm_swap.core.compare import load_metrics_file, parse_delta
 from slm_swap.core.tracks import get_row_track
-from slm_swap.evaluation.calibrate import (Point, ThresholdChoice, example_correct, example_point, parse_target,
-                                           pick_threshold, policy_document, prompt_functions)
+from slm_swap.evaluation.calibrate import (Point, ThresholdChoice, evidence_needed, example_correct, example_point,
+                                           parse_target, pick_threshold, policy_document, prompt_functions)
 from slm_swap.evaluation.rows import check_eval_inputs, default_out_path, run_eval
 from slm_swap.infra.config import DEFAULT_GATEWAY_RECORDS, Settings
 from slm_swap.infra.errors import SlmSwapError
@@ -191,6 +191,6 @@ def describe(result: Calibration) -> str:
     if choice.threshold is None:
         return (head + f"no threshold reaches it with 95% confidence (one-sided exact binomial test): coverage "
                 f"0/{choice.n}, every request goes to the hosted model "
-                f"({choice.valid}/{choice.n} answers valid); chart {result.chart_path}")
+                f"({choice.valid}/{choice.n} answers valid; {evidence_needed(target)}); chart {result.chart_path}")
     return (head + f"threshold {choice.threshold:.6g} accepts {choice.accepted}/{choice.n} "
             f"(coverage {float(choice.coverage):.3f}), {choice.correct}/{choice.accepted} right; chart {result.chart_path}")

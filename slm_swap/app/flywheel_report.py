@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slm_swap.core.promotion import summarize_metrics
 from slm_swap.core.tracks import get_track
+from slm_swap.evaluation.calibrate import evidence_needed
 from slm_swap.infra.fileio import atomic_write_bytes, atomic_write_text, jsonl_text, read_jsonl, write_json
 
 if TYPE_CHECKING:
@@ -59,8 +61,8 @@ def markdown(document: dict[str, Any]) -> str:
         c = document["calibration"]
         if c["threshold"] is None:
             lines.append(f"Gateway threshold: none. No threshold shows the target accuracy {c['target']} with 95% "
-                         f"confidence on the {c['n']} held-out requests, so the gateway serves none of this adapter's "
-                         "answers until more held-out traffic shows it.")
+                         f"confidence on the {c['n']} held-out requests ({evidence_needed(Fraction(c['target']))}), so "
+                         "the gateway serves none of this adapter's answers until more held-out traffic shows it.")
         else:
             lines.append(f"Gateway threshold {c['threshold']} accepts {c['accepted']}/{c['n']} held-out requests "
                          f"({c['correct']} right; target accuracy {c['target']}, shown with 95% confidence).")

@@ -61,6 +61,11 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
             engine = start_in_process_engine(model_path or settings.slm_model_path, adapters, slm_models,
                                              precision=precision, compile=compile)
             slm_url, slm_key, models, described = engine.url, engine.api_key, engine.models, engine.identity
+            for policy in policies.values():
+                if policy.model_identity != engine.model_identity:  # e.g. calibrated in fp32, served in bf16
+                    print(f"warning: {policy.path} was calibrated on {policy.model_identity}; the gateway's SLM is "
+                          f"{engine.model_identity}: its threshold may not hold (run `gateway calibrate` with the same "
+                          "model and --precision)")
         # The gates given apply to what each track serves now; a promotion brings its own (`gateway_reload`).
         gates = {models[track]: policy for track, policy in policies.items()}
         if engine is not None and registry_path is not None:  # promoted adapters first, then later promotions

@@ -31,6 +31,7 @@ class InProcessEngine:
     api_key: str
     models: dict[str, str]  # track -> the model name that serves it (its adapter, else the base model)
     identity: str
+    model_identity: str  # the loaded model's (`LocalModel.identity`): what a policy was calibrated on
     stop: Callable[[], None]
     add_adapter: Callable[[str, Path], None]  # load one more adapter under a name, between batches (blocks until loaded)
 
@@ -80,4 +81,4 @@ def start_in_process_engine(model_path: Path, adapters: dict[str, Path], tracks:
     models = {track: (track if track in adapters else BASE_MODEL_NAME) for track in tracks}
     described = ", ".join(f"{track}={path}" for track, path in adapters.items()) or "no adapter"
     return InProcessEngine(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key, models,
-                           f"{model.identity} in process ({described})", stop, add_adapter)
+                           f"{model.identity} in process ({described})", model.identity, stop, add_adapter)

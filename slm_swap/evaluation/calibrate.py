@@ -115,6 +115,30 @@ def reaches(correct: int, accepted: int, target: Fraction, alpha: Fraction = ALP
     return tail * alpha.denominator <= alpha.numerator * den**accepted
 
 
+def fewest_to_show(target: Fraction, alpha: Fraction = ALPHA, most: int = 100_000) -> int | None:
+    """The fewest accepted answers, all right, that show `target` (`reaches`): what a calibration split
+    must hold at the least before any threshold can pass; None when no count up to `most` does (a
+    target of 1). 0.99 needs 299, 0.95 needs 59, 7/8 needs 23."""
+    if target == 0:
+        return 1
+    if target >= 1:
+        return None
+    # all-right counts: target^n <= alpha; solved in floats, then checked exactly around the estimate.
+    estimate = max(1, math.floor(math.log(float(alpha)) / math.log(float(target))) - 2)
+    for count in range(estimate, most + 1):
+        if reaches(count, count, target, alpha):
+            return count
+    return None
+
+
+def evidence_needed(target: Fraction) -> str:
+    """What any threshold needs before it can show `target`, in words."""
+    fewest = fewest_to_show(target)
+    if fewest is None:
+        return "no count of right answers shows a target of 1"
+    return f"showing it takes at least {fewest} accepted answers, all right"
+
+
 def risk_coverage_curve(points: Sequence[Point]) -> tuple[CurvePoint, ...]:
     """One point per distinct confidence of a valid answer, from the highest threshold down. Answers
     of equal confidence are accepted together: a threshold cannot separate them."""
