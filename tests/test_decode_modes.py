@@ -92,8 +92,11 @@ def test_compiled_decoding_answers_as_eager_decoding(tiny_model_dir, tiny_adapte
     (["gateway", "--compile"], "--compile"),
     (["gateway", "--precision", "auto"], "--precision"),
 ])
-def test_in_process_settings_with_an_engine_by_url_are_one_line_errors(argv, flag, monkeypatch, capsys, tmp_path):
+def test_in_process_settings_with_an_engine_by_url_are_one_line_errors(argv, flag, monkeypatch, capsys, tmp_path,
+                                                                      xlam_data_dir):
     monkeypatch.chdir(tmp_path)
+    if argv[0] == "eval":  # rows to evaluate, so that the check of the model's settings is the one that speaks
+        argv = [*argv, "--data-dir", str(xlam_data_dir), "--out", str(tmp_path / "metrics.json")]
     monkeypatch.setenv("SLM_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("HOSTED_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("HOSTED_MODEL", "never-asked")
