@@ -162,9 +162,9 @@ def _shared_prefix_length(rows: list[list[int]]) -> int:
 
 def _allocate(like: DynamicLayer, batch: int, capacity: int) -> StaticLayer:
     """A layer's keys and values for the whole generation, zeroed: each decode step writes in place (where
-    `DynamicLayer` concatenates, copying the whole cache every step) and attends over all `capacity`
-    columns, the ones not written yet masked out, so that every step has the same shapes and a compiled
-    step runs them all (transformers' `StaticLayer`, built for `torch.compile`)."""
+    `DynamicLayer` concatenates, copying the whole cache every step), and a compiled step can attend
+    over all `capacity` columns, the ones not written yet masked out, so that every step has the same
+    shapes (transformers' `StaticLayer`, built for `torch.compile`)."""
     layer = StaticLayer(max_cache_len=capacity)
     _, heads, _, key_dim = like.keys.shape
     layer.lazy_initialization(like.keys.new_empty((batch, heads, 0, key_dim)),
