@@ -16,6 +16,7 @@ from slm_swap.evaluation.registry import PromotedAdapter, load_promoted, verify_
 from slm_swap.infra.config import Settings
 from slm_swap.infra.errors import SlmSwapError
 from slm_swap.infra.tracing import open_tracer
+from slm_swap.llm.clients import refuse_in_process_flags
 from slm_swap.llm.hosted import HostedClient, check_url
 
 
@@ -36,10 +37,8 @@ def run_gateway(settings: Settings, host: str, port: int, records_path: Path, sl
     from slm_swap.app.gateway_reload import AdapterReloader
 
     slm_url = check_url(settings.slm_base_url, "SLM_BASE_URL") if settings.slm_base_url else None
-    for flag, given in (("--precision", precision != "fp32"), ("--compile", compile)):
-        if slm_url and given:
-            raise SlmSwapError(f"{flag} applies to the SLM in process; SLM_BASE_URL is set: the engine there decides "
-                               "how it loads and runs the model")
+    if slm_url:
+        refuse_in_process_flags({"--precision": precision != "fp32", "--compile": compile})
     hosted_client = HostedClient(settings)  # refuses at once without hosted settings
     policies = load_policies(policy_paths, slm_models)
     tracer = open_tracer(settings)  # refuses at once without Langfuse settings (LANGFUSE_DISABLED=1: none)

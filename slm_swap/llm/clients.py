@@ -19,6 +19,15 @@ def check_model_kind(kind: str, *, adapter=None, load_in_4bit: bool | None = Non
         raise SlmSwapError("--load-in-4bit applies to --model-kind slm only")
 
 
+def refuse_in_process_flags(given: dict[str, bool]) -> None:
+    """With SLM_BASE_URL set, the flags that shape the SLM in process (`given`: flag -> whether the
+    command had it) are one line: the engine there decides how it loads and runs the model."""
+    for flag, was_given in given.items():
+        if was_given:
+            raise SlmSwapError(f"{flag} applies to the SLM in process; SLM_BASE_URL is set: the engine there decides "
+                               "how it loads the model")
+
+
 def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, timeout_s: float = 60.0,
                  max_retries: int = 4, batch_size: int = EVAL_BATCH_SIZE, load_in_4bit: bool | None = None,
                  slm_model: str | None = None, precision: str = "fp32"):
@@ -32,10 +41,7 @@ def build_client(kind: str, settings, *, adapter=None, concurrency: int = 8, tim
 
         return HostedClient(settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries)
     if settings.slm_base_url:
-        for flag, given in (("--load-in-4bit", load_in_4bit is not None), ("--precision", precision != "fp32")):
-            if given:
-                raise SlmSwapError(f"{flag} applies to the SLM in process; SLM_BASE_URL is set: the engine there "
-                                   "decides how it loads the model")
+        refuse_in_process_flags({"--load-in-4bit": load_in_4bit is not None, "--precision": precision != "fp32"})
         from slm_swap.llm.engine import EngineClient
 
         return EngineClient(settings, model=slm_model, adapter=adapter, concurrency=concurrency, timeout_s=timeout_s,
