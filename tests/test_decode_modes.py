@@ -59,6 +59,12 @@ def test_bf16_is_refused_for_a_4bit_load_in_one_line(tiny_model_dir):
         LocalModel(tiny_model_dir, precision="fp16")
 
 
+def test_compile_without_a_cpp_compiler_is_refused_before_loading(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(SlmSwapError, match="^--compile needs a C\\+\\+ compiler"):
+        LocalModel(tiny_model_dir, compile=True)
+
+
 def test_compiled_decoding_answers_as_eager_decoding(tiny_model_dir, tiny_adapter_dir):
     # The decoder compiled, on a batch whose rows finish at different steps (so the compiled step also
     # runs on a cache cut down mid-way), then what `--compile` does: a lone prompt compiled, with and

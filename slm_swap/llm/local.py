@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,9 @@ class LocalModel:
         if self.quantization and precision == "bf16":
             raise SlmSwapError("--precision bf16 applies to a full-precision load, not to 4-bit (--no-load-in-4bit)")
         self.precision = resolve_precision(precision, self.quantization, cuda)
+        if compile and not any(map(shutil.which, filter(None, [os.environ.get("CXX"), "g++", "clang++"]))):
+            # inductor builds its kernels with the machine's C++ compiler; without one it fails mid-request
+            raise SlmSwapError("--compile needs a C++ compiler (g++ or clang++, or CXX) for torch.compile's kernels")
         self.compile = compile
         self._compiled: tuple[object, Callable[..., object]] | None = None  # (the model it compiled, its step)
         if self.quantization:
